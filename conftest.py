@@ -1,0 +1,79 @@
+"""Fixtures for the repository's own tests (the pytest plugin itself is harness.plugin)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.testing.sshd import LoopbackSshd
+from harness.transport.hostkeys import KnownHosts, host_id
+from harness.transport.ssh import SshTransport
+
+DATA_DIR = Path(__file__).parent / "tests" / "data"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run tests marked slow (kernel builds, QEMU boots); CI does")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    slow = [i for i in items if i.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [i for i in items if not i.get_closest_marker("slow")]
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(monkeypatch, tmp_path_factory):
+    """Never read or write the developer's own SSH config, agent, known_hosts or caches."""
+    root = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(root / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.delenv("SNP_HARNESS_CONFIG", raising=False)
+
+
+def _start_sshd(workdir: Path) -> LoopbackSshd:
+    why = LoopbackSshd.available()
+    if why:
+        pytest.fail(f"cannot start the test sshd: {why}", pytrace=False)
+    return LoopbackSshd(workdir).start()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """One real sshd on 127.0.0.1 for the whole session; tests must not disturb it."""
+    server = _start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_sshd(tmp_path):
+    """An sshd of the test's own, for tests that kill, restart or re-key it."""
+    server = _start_sshd(tmp_path / "sshd")
+    yield server
+    server.stop()
+
+
+def enrolled_transport(server: LoopbackSshd, known_hosts: Path, name: str = "loopback") -> SshTransport:
+    """An SshTransport to `server` whose host key is already trusted."""
+    KnownHosts(known_hosts).add(host_id("127.0.0.1", server.port), server.public_host_key())
+    return SshTransport(name, "127.0.0.1", port=server.port, user=server.user,
+                        identity_file=server.client_key, known_hosts=known_hosts, connect_timeout=10)
+
+
+@pytest.fixture
+def ssh_transport(sshd, tmp_path):
+    t = enrolled_transport(sshd, tmp_path / "known_hosts")
+    yield t
+    t.close()

@@ -1,0 +1,64 @@
+"""The harness's exception tree (see DESIGN.md, "Errors").
+
+ConfigError and PatchError are the user's to fix; InfraError means the lab or
+the tooling broke and must never be reported as a test failure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.transport.base import CommandResult
+
+
+class HarnessError(Exception):
+    """Base of every error the harness raises on purpose."""
+
+
+class ConfigError(HarnessError):
+    """Bad inventory, unknown host, missing file: the user can fix it."""
+
+
+class PatchError(HarnessError):
+    """A patch of the series does not apply."""
+
+
+class InfraError(HarnessError):
+    """The lab or the tooling broke; never a test failure."""
+
+
+class TransportError(InfraError):
+    """The connection to a target failed or dropped."""
+
+
+class HostKeyError(TransportError):
+    """A host key is unknown or changed; never accepted silently."""
+
+
+class CommandFailed(TransportError):
+    """A command exited non-zero and the caller asked for check=True."""
+
+    def __init__(self, result: CommandResult, where: str = "") -> None:
+        self.result = result
+        self.where = where
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        r = self.result
+        at = f" on {self.where}" if self.where else ""
+        return f"command{at} exited {r.exit_status}: {r.command}\n{r.tail()}".rstrip()
+
+
+class CommandTimeout(TransportError):
+    """A command outlived its timeout; the process was ended."""
+
+    def __init__(self, result: CommandResult, timeout: float, where: str = "") -> None:
+        self.result = result
+        self.timeout = timeout
+        self.where = where
+        at = f" on {where}" if where else ""
+        super().__init__(
+            f"command{at} timed out after {timeout:g}s and was killed: "
+            f"{result.command}\n{result.tail()}".rstrip()
+        )

@@ -1,0 +1,1 @@
+"""Real-component helpers for the harness's own tests and benchmarks."""

@@ -1,0 +1,132 @@
+"""The Transport protocol and the value every command returns."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Protocol, Sequence
+
+# A sink receives output as it arrives: sink("stdout" | "stderr", chunk).
+Sink = Callable[[str, bytes], None]
+
+# Output kept in a result when a sink is streaming it elsewhere.
+STREAM_TAIL_BYTES = 64 * 1024
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    def tail(self, lines: int = 10) -> str:
+        """The last lines of stdout and stderr, for error messages."""
+        parts = []
+        for name, text in (("stdout", self.stdout), ("stderr", self.stderr)):
+            kept = text.rstrip("\n").splitlines()[-lines:]
+            if kept:
+                parts.append(f"--- {name} (last {len(kept)} lines) ---")
+                parts.extend(kept)
+        return "\n".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<CommandResult cmd={self.command!r} exited={self.exit_status}>"
+
+
+class Transport(Protocol):
+    """Runs argv lists on one target. Implementations: local, ssh, fake."""
+
+    name: str  # "local://", "ssh://epyc1"; also the pytest id
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        check: bool = True,
+        stdin: bytes | str | None = None,
+        env: Mapping[str, str] | None = None,
+        sink: Sink | None = None,
+    ) -> CommandResult:
+        """Run argv to completion.
+
+        With a sink, output is handed to it as it arrives and the result keeps
+        only the last STREAM_TAIL_BYTES of each stream.
+        Raises CommandFailed (check=True, non-zero exit), CommandTimeout
+        (the process was ended) or TransportError.
+        """
+        ...
+
+    def put(self, local: Path, remote: str) -> None: ...
+
+    def get(self, remote: str, local: Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """Refuse anything that is not a non-empty list of strings."""
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("argv must be a list of strings, not a shell string")
+    out = tuple(argv)
+    if not out or not all(isinstance(a, str) for a in out):
+        raise TypeError(f"argv must be a non-empty list of strings: {argv!r}")
+    return out
+
+
+def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(env or {})
+    for k, v in env.items():
+        if not _ENV_NAME.match(k) or not isinstance(v, str):
+            raise ValueError(f"invalid environment entry {k!r}={v!r}")
+    return env
+
+
+def boot_id(transport: Transport, timeout: float = 30) -> str:
+    """The target's boot_id; it changes on every boot, which is how reboots are detected."""
+    r = transport.run(["cat", "/proc/sys/kernel/random/boot_id"], timeout=timeout)
+    return r.stdout.strip()
+
+
+class OutputBuffer:
+    """Collects stdout/stderr bytes; with a sink, forwards them and keeps a tail."""
+
+    def __init__(self, sink: Sink | None = None) -> None:
+        self._sink = sink
+        self._data = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def feed(self, stream: str, chunk: bytes) -> None:
+        if not chunk:
+            return
+        buf = self._data[stream]
+        buf += chunk
+        if self._sink is not None:
+            self._sink(stream, chunk)
+            if len(buf) > 2 * STREAM_TAIL_BYTES:
+                del buf[: len(buf) - STREAM_TAIL_BYTES]
+
+    def text(self, stream: str) -> str:
+        buf = self._data[stream]
+        if self._sink is not None and len(buf) > STREAM_TAIL_BYTES:
+            buf = buf[-STREAM_TAIL_BYTES:]
+        return buf.decode("utf-8", errors="replace")
+
+    def result(self, argv: tuple[str, ...], exit_status: int, duration_s: float) -> CommandResult:
+        return CommandResult(argv, exit_status, self.text("stdout"), self.text("stderr"), duration_s)

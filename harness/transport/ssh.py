@@ -1,0 +1,327 @@
+"""SSH transport: one persistent paramiko connection, one channel per command.
+
+Commands are argv lists, quoted with shlex.join for the remote login shell.
+The remote shell first reports its PID on stderr (stripped again here), so a
+timed-out command's whole process group can be ended on the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import select
+import shlex
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import paramiko
+
+from harness.errors import CommandFailed, CommandTimeout, ConfigError, TransportError
+from harness.transport.base import CommandResult, OutputBuffer, Sink, check_argv, check_env
+from harness.transport.hostkeys import KnownHosts, host_id
+
+log = logging.getLogger(__name__)
+
+_PID_LINE = re.compile(rb"(?m)^snp-harness-pid:(\d+)\n")
+# Ends the process group of a timed-out command: TERM, then KILL if it is still there.
+# `kill -SIG -PGID` is the one negative-PID form dash, bash and busybox all accept.
+_KILL_SCRIPT = (
+    'kill -TERM "-$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; '
+    'sleep 1; kill -KILL "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null; true'
+)
+_WINDOW = 16 * 1024 * 1024  # large window: bulk output and sftp are not throttled
+
+
+def remote_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """The string the remote login shell runs for argv (every word quoted)."""
+    words = list(argv)
+    if env:
+        words = ["env", "--", *(f"{k}={v}" for k, v in env.items()), *words]
+    return f"printf 'snp-harness-pid:%d\\n' $$ >&2; exec {shlex.join(words)}"
+
+
+class SshTransport:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        *,
+        port: int = 22,
+        user: str = "root",
+        identity_file: Path | None = None,
+        known_hosts: Path,
+        connect_timeout: float = 15.0,
+        keepalive_s: int = 15,
+        trust_new_host_key: bool = False,
+    ) -> None:
+        self.name = f"ssh://{name}"
+        self.address = address
+        self.port = port
+        self.user = user
+        self.identity_file = Path(identity_file) if identity_file else None
+        self.known_hosts = KnownHosts(known_hosts)
+        self.connect_timeout = connect_timeout
+        self.keepalive_s = keepalive_s
+        self.trust_new_host_key = trust_new_host_key
+        self._lock = threading.Lock()
+        self._t: paramiko.Transport | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    @classmethod
+    def from_host(cls, host, *, trust_new_host_key: bool = False) -> SshTransport:
+        """Build from a config.HostConfig."""
+        return cls(
+            host.name,
+            host.address,
+            port=host.port,
+            user=host.user,
+            identity_file=host.identity_file,
+            known_hosts=host.known_hosts,
+            connect_timeout=host.connect_timeout,
+            trust_new_host_key=trust_new_host_key,
+        )
+
+    @property
+    def hostid(self) -> str:
+        return host_id(self.address, self.port)
+
+    # -- connection -------------------------------------------------------
+
+    def _open_transport(self) -> paramiko.Transport:
+        where = f"{self.name} ({self.user}@{self.address}:{self.port})"
+        try:
+            sock = socket.create_connection((self.address, self.port), timeout=self.connect_timeout)
+        except OSError as e:
+            raise TransportError(f"{where}: cannot connect: {e}. Is the host up and sshd listening?") from e
+        # Nagle would add ~40 ms to every small request/response turn.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t = paramiko.Transport(sock, default_window_size=_WINDOW)
+        t.banner_timeout = t.handshake_timeout = t.auth_timeout = self.connect_timeout
+        known = self.known_hosts.keys_for(self.hostid)
+        if known:  # ask for the key type we have on record, as OpenSSH does
+            opts = t.get_security_options()
+            mine = [k.get_name() for k in known]
+            opts.key_types = [*mine, *(k for k in opts.key_types if k not in mine)]
+        try:
+            t.start_client(timeout=self.connect_timeout)
+            self.known_hosts.verify(self.name, self.hostid, t.get_remote_server_key(),
+                                    trust_new=self.trust_new_host_key)
+            self._authenticate(t, where)
+        except paramiko.SSHException as e:
+            t.close()
+            raise TransportError(f"{where}: SSH handshake failed: {e}") from e
+        except BaseException:
+            t.close()
+            raise
+        t.set_keepalive(self.keepalive_s)
+        log.debug("%s: connected", where)
+        return t
+
+    def _authenticate(self, t: paramiko.Transport, where: str) -> None:
+        if self.identity_file is not None:
+            try:
+                keys = [paramiko.PKey.from_path(self.identity_file)]
+            except FileNotFoundError as e:
+                raise ConfigError(f"{where}: identity_file {self.identity_file} does not exist") from e
+            except paramiko.PasswordRequiredException as e:
+                raise ConfigError(
+                    f"{where}: identity_file {self.identity_file} is passphrase-protected; "
+                    "load it into ssh-agent and drop identity_file from the inventory"
+                ) from e
+            except (OSError, paramiko.SSHException, ValueError) as e:
+                raise ConfigError(f"{where}: cannot load identity_file {self.identity_file}: {e}") from e
+        else:
+            keys = list(paramiko.Agent().get_keys())
+            if not keys:
+                raise ConfigError(f"{where}: no identity_file configured and no keys in ssh-agent")
+        for key in keys:
+            try:
+                t.auth_publickey(self.user, key)
+                return
+            except paramiko.AuthenticationException:
+                continue
+        raise TransportError(
+            f"{where}: public-key authentication as {self.user!r} was refused "
+            f"(tried {len(keys)} key(s)); check authorized_keys on the host"
+        )
+
+    def _transport(self) -> paramiko.Transport:
+        """The live connection; reconnects if the previous one is gone.
+
+        Safe only before a command starts: nothing in flight is re-run.
+        """
+        with self._lock:
+            if self._t is None or not self._t.is_active():
+                if self._t is not None:
+                    log.info("%s: connection lost, reconnecting", self.name)
+                self._drop()
+                self._t = self._open_transport()
+            return self._t
+
+    def _drop(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+        if self._t is not None:
+            self._t.close()
+        self._sftp = self._t = None
+
+    def _open_channel(self) -> tuple[paramiko.Transport, paramiko.Channel]:
+        """A session channel. A link found dead here is replaced once: nothing was sent yet."""
+        t = self._transport()
+        try:
+            return t, t.open_session(timeout=self.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            if t.is_active():
+                raise TransportError(f"{self.name}: cannot open a session channel: {e}") from e
+        t = self._transport()
+        try:
+            return t, t.open_session(timeout=self.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise TransportError(f"{self.name}: cannot open a session channel: {e}") from e
+
+    def connect(self) -> None:
+        self._transport()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def host_key(self) -> paramiko.PKey:
+        """The key the host offers, fetched without authenticating or trusting it."""
+        try:
+            sock = socket.create_connection((self.address, self.port), timeout=self.connect_timeout)
+        except OSError as e:
+            raise TransportError(f"{self.name}: cannot connect to {self.address}:{self.port}: {e}") from e
+        t = paramiko.Transport(sock)
+        t.banner_timeout = t.handshake_timeout = self.connect_timeout
+        try:
+            t.start_client(timeout=self.connect_timeout)
+            return t.get_remote_server_key()
+        except paramiko.SSHException as e:
+            raise TransportError(f"{self.name}: SSH handshake failed: {e}") from e
+        finally:
+            t.close()
+
+    # -- commands ----------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        check: bool = True,
+        stdin: bytes | str | None = None,
+        env: Mapping[str, str] | None = None,
+        sink: Sink | None = None,
+    ) -> CommandResult:
+        argv = check_argv(argv)
+        command = remote_command(argv, check_env(env))
+        t, chan = self._open_channel()
+        start = time.monotonic()
+        try:
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            chan.close()
+            raise TransportError(
+                f"{self.name}: could not start {shlex.join(argv)}: {e}; it may or may not have run, "
+                "and it is not retried"
+            ) from e
+        try:
+            status, pid, out = self._collect(chan, stdin, sink, start + timeout)
+        finally:
+            chan.close()
+        duration = time.monotonic() - start
+        log.debug("%s: %s -> %s (%.3fs)", self.name, shlex.join(argv), status, duration)
+        if status is None:
+            self._end_remote(pid)
+            raise CommandTimeout(out.result(argv, -1, duration), timeout, self.name)
+        if status == -1 and not t.is_active():
+            raise TransportError(
+                f"{self.name}: connection dropped while running {shlex.join(argv)}; "
+                f"it may have run in part and is not retried\n{out.result(argv, -1, duration).tail()}".rstrip()
+            )
+        result = out.result(argv, status, duration)
+        if check and not result.ok:
+            raise CommandFailed(result, self.name)
+        return result
+
+    def _collect(self, chan, stdin, sink, deadline):
+        """Read until exit; returns (status or None on timeout, remote pid, output)."""
+        out = OutputBuffer(sink)
+        head = b""  # stderr until the PID line has been seen
+        pid = None
+        if stdin is not None:
+            data = stdin.encode() if isinstance(stdin, str) else stdin
+            threading.Thread(target=_send_stdin, args=(chan, data), daemon=True).start()
+        else:
+            chan.shutdown_write()
+        while True:
+            while chan.recv_ready():
+                out.feed("stdout", chan.recv(65536))
+            while chan.recv_stderr_ready():
+                chunk = chan.recv_stderr(65536)
+                if pid is None:
+                    head += chunk
+                    m = _PID_LINE.search(head)  # login-shell noise may precede it
+                    if m:
+                        pid, chunk = int(m.group(1)), head[: m.start()] + head[m.end():]
+                    elif len(head) >= 4096:
+                        pid, chunk = 0, head  # no PID line: not a POSIX login shell
+                    else:
+                        continue
+                    head = b""
+                out.feed("stderr", chunk)
+            drained = not chan.recv_ready() and not chan.recv_stderr_ready()
+            if drained and (chan.eof_received or chan.closed) and chan.exit_status_ready():
+                if head:
+                    out.feed("stderr", head)
+                return chan.recv_exit_status(), pid, out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, pid, out
+            if drained and chan.eof_received:
+                chan.status_event.wait(min(remaining, 0.5))
+            else:
+                select.select([chan], [], [], min(remaining, 0.5))
+
+    def _end_remote(self, pid: int | None) -> None:
+        """End a timed-out command's process group on the target."""
+        if not pid:
+            log.warning("%s: timed-out command never reported its PID; only its channel was closed", self.name)
+            return
+        try:
+            self.run(["sh", "-c", _KILL_SCRIPT, "sh", str(pid)], timeout=30, check=False)
+        except TransportError as e:
+            log.warning("%s: could not end remote process group %d: %s", self.name, pid, e)
+
+    # -- files ---------------------------------------------------------------
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        t = self._transport()
+        with self._lock:
+            if self._sftp is None:
+                self._sftp = paramiko.SFTPClient.from_transport(t)
+            return self._sftp
+
+    def put(self, local: Path, remote: str) -> None:
+        try:
+            self._sftp_client().put(str(local), remote)
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise TransportError(f"{self.name}: uploading {local} to {remote} failed: {e}") from e
+
+    def get(self, remote: str, local: Path) -> None:
+        try:
+            self._sftp_client().get(remote, str(local))
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise TransportError(f"{self.name}: downloading {remote} to {local} failed: {e}") from e
+
+
+def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
+    try:
+        chan.sendall(data)
+        chan.shutdown_write()
+    except (OSError, paramiko.SSHException, EOFError):
+        pass  # the command exited or the channel closed; the reader reports that

@@ -1,0 +1,139 @@
+"""What the SSH transport does when the far end misbehaves, against a real sshd."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from harness.errors import ConfigError, HostKeyError, TransportError
+from harness.testing.sshd import keygen
+from harness.transport.hostkeys import KnownHosts, fingerprint, host_id
+from harness.transport.ssh import SshTransport
+
+from conftest import enrolled_transport
+
+
+def _transport(server, known_hosts, **kw) -> SshTransport:
+    return SshTransport("loopback", "127.0.0.1", port=server.port, user=server.user,
+                        identity_file=server.client_key, known_hosts=known_hosts, connect_timeout=10, **kw)
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+def test_session_killed_mid_command_raises_and_next_call_reconnects(private_sshd, tmp_path):
+    t = enrolled_transport(private_sshd, tmp_path / "known_hosts")
+    marker = tmp_path / "runs"
+    errors: list[BaseException] = []
+
+    def long_command():
+        try:
+            t.run(["sh", "-c", f"echo run >> {marker}; echo started; sleep 30"], timeout=60)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            errors.append(e)
+
+    worker = threading.Thread(target=long_command)
+    worker.start()
+    _wait_for(lambda: marker.exists())
+    private_sshd.kill_sessions()
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], TransportError), errors
+    assert "not retried" in str(errors[0])
+    # The next command gets a fresh connection, and the dropped one was not re-run.
+    assert t.run(["echo", "back"], timeout=30).stdout == "back\n"
+    assert marker.read_text() == "run\n"
+    t.close()
+
+
+def test_sshd_restart_between_commands(private_sshd, tmp_path):
+    t = enrolled_transport(private_sshd, tmp_path / "known_hosts")
+    first = t.run(["sh", "-c", "echo $PPID"], timeout=30).stdout
+    private_sshd.restart()
+    assert t.run(["true"], timeout=30).ok
+    assert t.run(["sh", "-c", "echo $PPID"], timeout=30).stdout != first
+    t.close()
+
+
+def test_unknown_host_key_is_rejected(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    t = _transport(sshd, known)
+    with pytest.raises(HostKeyError) as e:
+        t.run(["true"], timeout=30)
+    msg = str(e.value)
+    assert fingerprint(sshd.public_host_key()) in msg
+    assert "snp-harness trust loopback" in msg and "--trust-new-host-key" in msg
+    assert not known.exists() or known.read_text() == ""
+
+
+def test_trust_new_host_key_records_it_once(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    t = _transport(sshd, known, trust_new_host_key=True)
+    assert t.run(["true"], timeout=30).ok
+    t.close()
+    keys = KnownHosts(known).keys_for(host_id("127.0.0.1", sshd.port))
+    assert keys == [sshd.public_host_key()]
+    # A strict transport now accepts it.
+    strict = _transport(sshd, known)
+    assert strict.run(["true"], timeout=30).ok
+    strict.close()
+
+
+def test_changed_host_key_is_rejected_even_with_trust_new(private_sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    old = private_sshd.public_host_key()
+    KnownHosts(known).add(host_id("127.0.0.1", private_sshd.port), old)
+    private_sshd.rotate_host_key()
+    new = private_sshd.public_host_key()
+    for trust_new in (False, True):
+        t = _transport(private_sshd, known, trust_new_host_key=trust_new)
+        with pytest.raises(HostKeyError) as e:
+            t.run(["true"], timeout=30)
+        msg = str(e.value)
+        assert "HOST KEY CHANGED" in msg
+        assert fingerprint(old) in msg and fingerprint(new) in msg
+        assert "snp-harness trust --replace loopback" in msg
+    assert KnownHosts(known).keys_for(host_id("127.0.0.1", private_sshd.port)) == [old]
+
+
+def test_host_key_change_across_reconnect_is_caught(private_sshd, tmp_path):
+    t = enrolled_transport(private_sshd, tmp_path / "known_hosts")
+    assert t.run(["true"], timeout=30).ok
+    private_sshd.rotate_host_key()  # restarts sshd, dropping the connection
+    with pytest.raises(HostKeyError):
+        t.run(["true"], timeout=30)
+
+
+def test_refused_key_is_a_transport_error(sshd, tmp_path):
+    stranger = keygen(tmp_path / "stranger")
+    known = tmp_path / "known_hosts"
+    KnownHosts(known).add(host_id("127.0.0.1", sshd.port), sshd.public_host_key())
+    t = SshTransport("loopback", "127.0.0.1", port=sshd.port, user=sshd.user,
+                     identity_file=stranger, known_hosts=known, connect_timeout=10)
+    with pytest.raises(TransportError, match="public-key authentication .* was refused"):
+        t.run(["true"], timeout=30)
+
+
+def test_missing_identity_file_is_a_config_error(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    KnownHosts(known).add(host_id("127.0.0.1", sshd.port), sshd.public_host_key())
+    t = SshTransport("loopback", "127.0.0.1", port=sshd.port, user=sshd.user,
+                     identity_file=tmp_path / "nope", known_hosts=known, connect_timeout=10)
+    with pytest.raises(ConfigError, match="identity_file .*nope does not exist"):
+        t.run(["true"], timeout=30)
+
+
+def test_unreachable_host_is_a_transport_error(tmp_path):
+    from harness.testing.sshd import free_port
+
+    t = SshTransport("nowhere", "127.0.0.1", port=free_port(), known_hosts=tmp_path / "kh",
+                     identity_file=tmp_path / "id", connect_timeout=3)
+    with pytest.raises(TransportError, match=r"ssh://nowhere .*cannot connect"):
+        t.run(["true"], timeout=30)
