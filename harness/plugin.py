@@ -1,0 +1,105 @@
+"""The pytest plugin: --snp-* options, the snp and needs markers, target fixtures.
+
+Loaded through the pytest11 entry point. The only library module that knows pytest.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.config import HarnessConfig, find_config, load_config
+from harness.errors import ConfigError
+from harness.targets.select import TARGET_KINDS, open_target, target_ids
+
+_CONFIG_KEY = pytest.StashKey[HarnessConfig]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "snp-harness")
+    group.addoption("--snp-config", metavar="PATH",
+                    help="inventory TOML (default: $SNP_HARNESS_CONFIG, then ./snp-harness.toml)")
+    group.addoption("--snp-host", metavar="NAME", action="append", default=[],
+                    help="run the kernel suites on this inventory host (repeatable)")
+    group.addoption("--snp-target", metavar="KIND", choices=TARGET_KINDS,
+                    help=f"target when no --snp-host is given: {', '.join(TARGET_KINDS)} (default: local)")
+    group.addoption("--snp-trust-new-host-key", action="store_true",
+                    help="accept and record an unknown host key on first contact (never a changed one)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "snp: kernel suite that drives a target (tests/snp/)")
+    config.addinivalue_line(
+        "markers", "needs(*caps): skip unless the target has every capability named, e.g. needs('snp')")
+
+
+def _harness_config(config: pytest.Config) -> HarnessConfig:
+    if _CONFIG_KEY not in config.stash:
+        path = find_config(config.getoption("--snp-config"))
+        config.stash[_CONFIG_KEY] = load_config(path)
+    return config.stash[_CONFIG_KEY]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from harness.targets.hostcheck import KNOWN_CAPS
+
+    for item in items:
+        for mark in item.iter_markers("needs"):
+            unknown = [c for c in mark.args if c not in KNOWN_CAPS]
+            if unknown:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: unknown capability {unknown} in needs(); known: {', '.join(KNOWN_CAPS)}")
+            if "target" not in getattr(item, "fixturenames", ()):
+                raise pytest.UsageError(f"{item.nodeid}: needs() is only for tests that use the target fixture")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target" not in metafunc.fixturenames:
+        return
+    try:
+        ids = target_ids(_harness_config(metafunc.config), metafunc.config.getoption("--snp-host"),
+                         metafunc.config.getoption("--snp-target"))
+    except ConfigError as e:
+        raise pytest.UsageError(str(e)) from e
+    metafunc.parametrize("_snp_target_id", ids, ids=ids, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def harness_config(pytestconfig: pytest.Config) -> HarnessConfig:
+    return _harness_config(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def _snp_target_id(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def target(_snp_target_id, harness_config, pytestconfig, record_testsuite_property):
+    """One target per --snp-host (or the local default), probed once.
+
+    An error here (unreachable host, bad host key) is a pytest error, and pytest
+    re-raises the same cached error for every later test of this target.
+    """
+    t = open_target(harness_config, _snp_target_id,
+                    trust_new_host_key=pytestconfig.getoption("--snp-trust-new-host-key"))
+    try:
+        caps = t.capabilities()
+        for key, value in caps.properties().items():
+            record_testsuite_property(f"{t.name} {key}", value)
+        yield t
+    finally:
+        t.close()
+
+
+@pytest.fixture(autouse=True)
+def _snp_needs(request: pytest.FixtureRequest) -> None:
+    marks = list(request.node.iter_markers("needs"))
+    if not marks:
+        return
+    t = request.getfixturevalue("target")
+    caps = t.capabilities()
+    for mark in marks:
+        for cap in mark.args:
+            reason = caps.missing(cap)
+            if reason:
+                pytest.skip(f"{t.name}: {reason}")

@@ -1,0 +1,34 @@
+"""Turn command-line choices into targets: the one place that knows every kind."""
+
+from __future__ import annotations
+
+from harness.config import HarnessConfig
+from harness.errors import ConfigError
+from harness.targets.base import Target
+
+TARGET_KINDS = ("local",)  # where no --snp-host is given
+
+
+def target_ids(config: HarnessConfig, hosts: list[str], kind: str | None) -> list[str]:
+    """The pytest ids of the targets a run uses, validated against the inventory."""
+    if hosts and kind:
+        raise ConfigError("give either --snp-host or --snp-target, not both")
+    if hosts:
+        return [f"ssh://{config.host(h).name}" for h in dict.fromkeys(hosts)]
+    kind = kind or "local"
+    if kind not in TARGET_KINDS:
+        raise ConfigError(f"unknown target kind {kind!r}; expected one of {', '.join(TARGET_KINDS)}")
+    return [f"{kind}://"]
+
+
+def open_target(config: HarnessConfig, target_id: str, *, trust_new_host_key: bool = False) -> Target:
+    scheme, _, rest = target_id.partition("://")
+    if scheme == "ssh":
+        from harness.targets.host import HostTarget
+
+        return HostTarget(config.host(rest), trust_new_host_key=trust_new_host_key)
+    if scheme == "local":
+        from harness.targets.local import LocalTarget
+
+        return LocalTarget()
+    raise ConfigError(f"unknown target {target_id!r}")
