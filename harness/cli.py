@@ -97,7 +97,7 @@ def _print_capabilities(name: str, caps) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.targets.hostcheck import KNOWN_CAPS
+    from harness.targets.capabilities import KNOWN_CAPS
 
     console = Console()
     facts = Table(title=f"{name}: facts", show_header=False)

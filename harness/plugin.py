@@ -12,6 +12,7 @@ from harness.errors import ConfigError
 from harness.targets.select import TARGET_KINDS, open_target, target_ids
 
 _CONFIG_KEY = pytest.StashKey[HarnessConfig]()
+_IDS_KEY = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,6 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "snp: kernel suite that drives a target (tests/snp/)")
     config.addinivalue_line(
         "markers", "needs(*caps): skip unless the target has every capability named, e.g. needs('snp')")
+    if config.getoption("--snp-host") or config.getoption("--snp-config"):
+        _target_ids(config)  # a bad inventory or host name is a usage error, before collection
 
 
 def _harness_config(config: pytest.Config) -> HarnessConfig:
@@ -39,8 +42,18 @@ def _harness_config(config: pytest.Config) -> HarnessConfig:
     return config.stash[_CONFIG_KEY]
 
 
+def _target_ids(config: pytest.Config) -> list[str]:
+    if _IDS_KEY not in config.stash:
+        try:
+            config.stash[_IDS_KEY] = target_ids(_harness_config(config), config.getoption("--snp-host"),
+                                                config.getoption("--snp-target"))
+        except ConfigError as e:
+            raise pytest.UsageError(str(e)) from e
+    return config.stash[_IDS_KEY]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from harness.targets.hostcheck import KNOWN_CAPS
+    from harness.targets.capabilities import KNOWN_CAPS
 
     for item in items:
         for mark in item.iter_markers("needs"):
@@ -53,14 +66,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "target" not in metafunc.fixturenames:
-        return
-    try:
-        ids = target_ids(_harness_config(metafunc.config), metafunc.config.getoption("--snp-host"),
-                         metafunc.config.getoption("--snp-target"))
-    except ConfigError as e:
-        raise pytest.UsageError(str(e)) from e
-    metafunc.parametrize("_snp_target_id", ids, ids=ids, indirect=True, scope="session")
+    if "target" in metafunc.fixturenames:
+        ids = _target_ids(metafunc.config)
+        metafunc.parametrize("_snp_target_id", ids, ids=ids, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")

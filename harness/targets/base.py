@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
-    from harness.targets.hostcheck import Capabilities
+    from harness.targets.capabilities import Capabilities
     from harness.transport.base import Transport
 
 

@@ -1,0 +1,44 @@
+"""The first kernel suite: does the target's probe agree with the target, and is it SNP-ready?"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.snp
+
+# Checks that only fail because the machine is no SNP-capable EPYC at all: when one
+# of these fails the rest are meaningless, so they skip instead of failing.
+HARDWARE = ("cpu", "sev_snp_flag")
+SNP_CHECKS = ("rmp_reserved", "snp_firmware", "dev_sev", "kvm_amd_sev_snp", "dev_kvm", "kernel_config")
+
+
+def test_probe_parses_without_problems(target):
+    facts = target.capabilities().facts
+    assert facts.problems == (), "the preflight probe's output did not parse cleanly"
+
+
+def test_probe_agrees_with_the_target(target):
+    facts = target.capabilities().facts
+    uname = target.transport.run(["uname", "-r"], timeout=30).stdout.strip()
+    assert facts.kernel_release == uname
+    kvm = target.transport.run(["test", "-c", "/dev/kvm"], timeout=30, check=False)
+    assert facts.dev_kvm == (kvm.exit_status == 0)
+
+
+@pytest.mark.parametrize("check_name", SNP_CHECKS)
+def test_snp_requirement(target, check_name):
+    caps = target.capabilities()
+    checks = {c.name: c for c in caps.checks}
+    not_snp_hardware = [checks[n] for n in HARDWARE if not checks[n].ok]
+    if not_snp_hardware:
+        c = not_snp_hardware[0]
+        pytest.skip(f"{target.name} is no SNP-capable host ({c.name}: {c.detail}); fix: {c.fix}")
+    check = checks[check_name]
+    assert check.ok, f"{check.name}: {check.detail}\nfix: {check.fix}"
+
+
+@pytest.mark.needs("kvm")
+def test_kvm_device_opens(target):
+    # KVM_GET_API_VERSION would need a helper binary; opening the device is the part that fails.
+    r = target.transport.run(["sh", "-c", "exec 3<>/dev/kvm"], timeout=30, check=False)
+    assert r.exit_status == 0, f"/dev/kvm cannot be opened read-write: {r.stderr.strip()}"
