@@ -138,3 +138,11 @@ def test_put_and_get_keep_every_byte(transport, tmp_path, size):
     back = tmp_path / "back.bin"
     transport.get(remote, back)
     assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+
+
+def test_boot_id_is_the_kernels(transport):
+    from harness.transport import boot_id
+
+    first = boot_id(transport)
+    assert first == Path("/proc/sys/kernel/random/boot_id").read_text().strip()  # both reach this machine
+    assert boot_id(transport) == first
