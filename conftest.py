@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from harness.transport.hostkeys import KnownHosts, host_id
 from harness.transport.ssh import SshTransport
 
 DATA_DIR = Path(__file__).parent / "tests" / "data"
+# The persistent cache (imported tree, ccache, builds), read before any test isolates HOME/XDG:
+# slow tests share it so a machine builds each kernel once, and CI on a warm machine is fast.
+KERNEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snp-harness"
 
 
 def pytest_addoption(parser):
@@ -77,3 +81,25 @@ def ssh_transport(sshd, tmp_path):
     t = enrolled_transport(sshd, tmp_path / "known_hosts")
     yield t
     t.close()
+
+
+@pytest.fixture(scope="session")
+def kernel_cache() -> Path:
+    return KERNEL_CACHE
+
+
+@pytest.fixture(scope="session")
+def kernel_source(kernel_cache):
+    """Debian's linux-source-6.12, imported into git once per machine."""
+    from harness.kernel.source import resolve_source
+
+    return resolve_source(None, None, kernel_cache)
+
+
+@pytest.fixture(scope="session")
+def kernel_build(kernel_cache, kernel_source, tmp_path_factory):
+    """The default local-target kernel + selftests: built once per machine, a cache hit after."""
+    from harness.kernel.build import BuildRequest, build
+
+    log = tmp_path_factory.mktemp("kernel-build") / "build.log"
+    return build(BuildRequest(cache_dir=kernel_cache), log)

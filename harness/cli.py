@@ -41,6 +41,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="the fingerprint you verified out of band; required when not on a terminal")
     t.add_argument("--replace", action="store_true", help="re-enrol a host whose key changed")
     t.set_defaults(func=cmd_trust)
+    b = sub.add_parser("build", help="build the kernel and selftests (cached)")
+    which = b.add_mutually_exclusive_group()
+    which.add_argument("--series", metavar="NAME", help="kernel-patches/series/NAME, or a series directory")
+    which.add_argument("--mbox", metavar="FILE", help="an mbox of patches (git format-patch --stdout, b4 am)")
+    which.add_argument("--series-msgid", metavar="ID", help="fetch the series with b4 (needs the network)")
+    b.add_argument("--tree", metavar="PATH", help="git checkout, tarball or unpacked tree (default: Debian's 6.12)")
+    b.add_argument("--base", metavar="REF", help="base commit in --tree (default: HEAD)")
+    b.add_argument("--config-base", metavar="BASE", default=None,
+                   help="tinyconfig, x86_64_defconfig, defconfig or file:PATH (default: tinyconfig)")
+    b.add_argument("--fragment", metavar="F", action="append", default=[],
+                   help="config fragment: a path, or a name in kernel-patches/configs/ (repeatable; "
+                        "default: local-target.config)")
+    b.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: all CPUs)")
+    b.add_argument("--dry-run", action="store_true", help="print every command instead of running it")
+    b.set_defaults(func=cmd_build)
     return p
 
 
@@ -125,6 +140,70 @@ def _print_capabilities(name: str, caps) -> None:
         console.print(f"[yellow]probe problem:[/] {problem}")
     verdict = "[green]ready for SNP testing[/]" if caps.snp_ready else "[red]not ready for SNP testing[/]"
     console.print(f"{name}: {verdict}")
+
+
+# -- build ---------------------------------------------------------------------
+
+def cmd_build(args) -> int:
+    import shlex
+
+    from harness.artifacts import new_run_dir
+    from harness.kernel.plan import build_request_from_args, plan_commands
+    from harness.kernel.build import build
+
+    config = _config(args)
+    run_dir = new_run_dir(config.artifacts.root, "build") if not args.dry_run else None
+    request = build_request_from_args(args, config, workdir=run_dir)
+    if args.dry_run:
+        for argv in plan_commands(request):
+            print(shlex.join(argv))
+        return EXIT_OK
+    log_path = run_dir / "build.log"
+    with _progress() as progress:
+        result = build(request, log_path, progress)
+    if result.hit and not any(run_dir.iterdir()):
+        run_dir.rmdir()  # nothing ran, nothing to keep
+    print(f"cache {'hit' if result.hit else 'miss'}: {result.key}")
+    if not result.hit:
+        print(f"build log: {log_path}")
+    for phase, seconds in result.phases.items():
+        print(f"  {phase:<10} {seconds:8.2f} s")
+    print(f"kernel {result.metadata.get('kernel_release')}, config sha256 {result.metadata.get('config_sha256', '')[:16]}")
+    for name in ("bzImage", "System.map", "config", "modules.tar.gz", "selftests.tar.gz", "metadata.json"):
+        path = result.dir / name
+        if path.exists():
+            print(f"  {name:<17} {path}")
+    return EXIT_OK
+
+
+class _progress:
+    """Build progress on stderr: a bar on a terminal, a line every 30 s otherwise."""
+
+    def __enter__(self):
+        import time
+
+        self._time = time.monotonic
+        self._last = 0.0
+        self._bar = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("kernel", total=None)
+        return self
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=phase, completed=done, total=total)
+        elif self._time() - self._last >= 30:
+            self._last = self._time()
+            share = f" of ~{total} ({100 * done // max(total, 1)}%)" if total else ""
+            print(f"{phase}: {done} steps{share}", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 # -- trust -----------------------------------------------------------------------

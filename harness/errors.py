@@ -62,3 +62,20 @@ class CommandTimeout(TransportError):
             f"command{at} timed out after {timeout:g}s and was killed: "
             f"{result.command}\n{result.tail()}".rstrip()
         )
+
+
+class BuildError(InfraError):
+    """make failed; carries the log and the first compiler errors found in it.
+
+    An infrastructure error for a run, and `skip` (125) for a bisect step.
+    """
+
+    def __init__(self, message: str, log_path=None, first_errors=()) -> None:
+        self.log_path = log_path
+        self.first_errors = tuple(first_errors)
+        text = message
+        if self.first_errors:
+            text += "\nfirst errors:\n  " + "\n  ".join(self.first_errors)
+        if log_path is not None:
+            text += f"\nfull log: {log_path}"
+        super().__init__(text)

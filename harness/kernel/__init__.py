@@ -1,0 +1,1 @@
+"""Kernel side: source tree, patches, config, build and cache."""

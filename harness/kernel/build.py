@@ -1,0 +1,251 @@
+"""Source + series + config -> a cached kernel build with its selftests bundle.
+
+A cache hit is answered from the key alone (no git am, no kconfig, no make).
+A miss applies the series in the source's own worktree, configures and builds
+out of tree with ccache, builds the selftests, and publishes the artifacts
+atomically under the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import BuildError
+from harness.kernel import buildlog
+from harness.kernel.cache import BuildCache, BuildKey, compiler_version, files_digest, series_digest
+from harness.kernel.kconfig import ConfigRequest, make_config
+from harness.kernel.patches import Series, apply_series, reset_worktree
+from harness.kernel.source import KernelSource, _git, file_lock, resolve_source, worktree_for
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_FRAGMENT = REPO_ROOT / "kernel-patches" / "configs" / "local-target.config"
+GUESTS_DIR = REPO_ROOT / "guests"
+BUILD_TIMEOUT_S = 4 * 3600  # a hung build is ended, not waited on forever
+
+# progress(phase, done, total): total is None when there is no earlier build to estimate from.
+Progress = Callable[[str, int, "int | None"], None]
+
+
+def default_config() -> ConfigRequest:
+    return ConfigRequest(base="tinyconfig", fragments=(DEFAULT_FRAGMENT,))
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    cache_dir: Path
+    tree: Path | None = None
+    base: str | None = None
+    series: Series | None = None
+    config: ConfigRequest = field(default_factory=default_config)
+    jobs: int = os.cpu_count() or 1
+    make_args: tuple[str, ...] = ()
+    guests_dir: Path = GUESTS_DIR
+
+
+@dataclass(frozen=True)
+class Build:
+    key: str
+    dir: Path
+    hit: bool
+    metadata: dict
+    phases: dict[str, float]
+
+    @property
+    def bzimage(self) -> Path:
+        return self.dir / "bzImage"
+
+    @property
+    def selftests(self) -> Path:
+        return self.dir / "selftests.tar.gz"
+
+    @property
+    def modules(self) -> Path | None:
+        p = self.dir / "modules.tar.gz"
+        return p if p.exists() else None
+
+
+def _guest_sources(guests_dir: Path) -> list[Path]:
+    return sorted(guests_dir.glob("*.c")) + sorted(guests_dir.glob("*.h"))
+
+
+def build_key(request: BuildRequest, tree_id: str) -> BuildKey:
+    return BuildKey(tree_id=tree_id, config_inputs=request.config.inputs_digest(),
+                    compiler=compiler_version(), make_args=tuple(request.make_args),
+                    guests=files_digest(_guest_sources(request.guests_dir)))
+
+
+def build(request: BuildRequest, log_path: Path, progress: Progress | None = None) -> Build:
+    phases: dict[str, float] = {}
+    t0 = time.monotonic()
+    cache = BuildCache(request.cache_dir)
+    source = resolve_source(request.tree, request.base, request.cache_dir)
+    phases["source"] = time.monotonic() - t0
+
+    tree_id = _known_tree_id(cache, source, request.series)
+    if tree_id:
+        key = build_key(request, tree_id).digest()
+        meta = cache.lookup(key)
+        if meta is not None:
+            phases["lookup"] = time.monotonic() - t0 - phases["source"]
+            return Build(key, cache.entry(key), True, meta, phases)
+
+    with file_lock(request.cache_dir / "work" / f"{source.repo_id}.lock"):
+        return _build_locked(request, cache, source, log_path, progress, phases)
+
+
+def _known_tree_id(cache: BuildCache, source: KernelSource, series: Series | None) -> str | None:
+    if series is None:
+        return source.base_tree()
+    return cache.remembered_tree(series_digest(source.base, [p.path for p in series.patches]))
+
+
+def _build_locked(request, cache, source, log_path, progress, phases) -> Build:
+    t = time.monotonic()
+    worktree = worktree_for(source, request.cache_dir)
+    applied = []
+    if request.series is not None:
+        applied = apply_series(worktree, source.base, request.series)
+    else:
+        reset_worktree(worktree, source.base)
+    tree_id = _git(worktree, "rev-parse", "HEAD^{tree}").strip()
+    if request.series is not None:
+        cache.remember_tree(series_digest(source.base, [p.path for p in request.series.patches]), tree_id)
+    key_parts = build_key(request, tree_id)
+    key = key_parts.digest()
+    phases["patch"] = time.monotonic() - t
+
+    with file_lock(cache.lock_path(key)):
+        meta = cache.lookup(key)
+        if meta is not None:  # built by another run while we waited
+            return Build(key, cache.entry(key), True, meta, phases)
+        obj = worktree / f".snp-build-{request.config.inputs_digest()[:12]}"
+        env = _make_env(request.cache_dir, worktree)
+        make_args = [f"-j{request.jobs}", "CC=ccache gcc", *request.make_args]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab", buffering=0) as logf:
+            t = time.monotonic()
+            final = make_config(worktree, obj, request.config, make_args=make_args)
+            phases["config"] = time.monotonic() - t
+
+            targets = ["bzImage"] + (["modules"] if final.get("MODULES") == "y" else [])
+            t = time.monotonic()
+            _run_make(worktree, obj, [*make_args, *targets], env, logf, progress, "kernel", log_path)
+            phases["kernel"] = time.monotonic() - t
+
+            staging = cache.staging(key)
+            try:
+                t = time.monotonic()
+                from harness.kernel.selftests_build import build_selftests
+
+                selftests = build_selftests(worktree, obj, obj / "selftests", request.guests_dir,
+                                           jobs=request.jobs, log=logf, dest_tar=staging / "selftests.tar.gz")
+                phases["selftests"] = time.monotonic() - t
+                if "modules" in targets:
+                    _modules_tarball(worktree, obj, make_args, env, logf, staging, log_path)
+                meta = _stage(staging, obj, key_parts, source, request, applied, phases,
+                              selftests.manifest.to_dict(), worktree)
+                entry = cache.commit(key, staging)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    return Build(key, entry, False, meta, phases)
+
+
+def _make_env(cache_dir: Path, worktree: Path) -> dict[str, str]:
+    return {
+        "CCACHE_DIR": str(cache_dir / "ccache"),
+        # The build dir sits directly in the worktree, so kbuild uses srctree=".." and
+        # compile commands are the same in every worktree; basedir covers the rest.
+        "CCACHE_BASEDIR": str(worktree),
+        "CCACHE_NOHASHDIR": "1",
+        "KBUILD_BUILD_USER": "snp-harness",
+        "KBUILD_BUILD_HOST": "snp-harness",
+    }
+
+
+def _run_make(worktree, obj, args, env, logf, progress, phase, log_path) -> None:
+    from harness.errors import CommandTimeout
+    from harness.transport.local import LocalTransport
+
+    steps_file = obj / ".snp-harness-steps"
+    try:
+        expected = int(steps_file.read_text())
+    except (OSError, ValueError):
+        expected = None
+    counter = _StepCounter(progress, phase, expected)
+
+    def sink(_stream: str, chunk: bytes) -> None:
+        logf.write(chunk)
+        counter.feed(chunk)
+
+    argv = ["make", "-C", str(worktree), f"O={obj}", *args]
+    logf.write(f"$ {' '.join(argv)}\n".encode())
+    try:
+        r = LocalTransport().run(argv, timeout=BUILD_TIMEOUT_S, check=False, env=env, sink=sink)
+    except CommandTimeout as e:
+        raise BuildError(f"make {' '.join(args)} timed out after {BUILD_TIMEOUT_S}s", log_path) from e
+    if r.exit_status != 0:
+        errors = buildlog.first_errors(log_path.read_text(errors="replace").splitlines())
+        raise BuildError(f"make {' '.join(args)} failed (exit {r.exit_status})", log_path, errors)
+    steps_file.write_text(str(counter.done))
+
+
+class _StepCounter:
+    def __init__(self, progress: Progress | None, phase: str, expected: int | None) -> None:
+        self.progress, self.phase, self.expected = progress, phase, expected
+        self.done, self._partial = 0, b""
+
+    def feed(self, chunk: bytes) -> None:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        n = sum(1 for line in lines if buildlog.is_step(line.decode(errors="replace")))
+        if n:
+            self.done += n
+            if self.progress:
+                self.progress(self.phase, self.done, self.expected)
+
+
+def _modules_tarball(worktree, obj, make_args, env, logf, staging, log_path) -> None:
+    import tarfile
+
+    root = obj / "modules-install"
+    shutil.rmtree(root, ignore_errors=True)
+    _run_make(worktree, obj, [*make_args, "modules_install", f"INSTALL_MOD_PATH={root}", "INSTALL_MOD_STRIP=1"],
+              env, logf, None, "modules", log_path)
+    with tarfile.open(staging / "modules.tar.gz", "w:gz") as tar:
+        tar.add(root, arcname=".")
+
+
+def _stage(staging, obj, key, source, request, applied, phases, manifest, worktree) -> dict:
+    for name, src in (("bzImage", obj / "arch/x86/boot/bzImage"), ("System.map", obj / "System.map"),
+                      ("config", obj / ".config")):
+        shutil.copy2(src, staging / name)
+    release = (obj / "include/config/kernel.release").read_text().strip()
+    meta = {
+        "key": key.digest(),
+        "key_parts": {**key.__dict__, "make_args": list(key.make_args)},
+        "kernel_release": release,
+        "source": source.description,
+        "base": source.base,
+        "worktree": str(worktree),
+        "series": request.series.name if request.series else None,
+        "patches": [{"index": a.index, "subject": a.subject, "patch_id": a.patch_id} for a in applied],
+        "config_sha256": hashlib.sha256((obj / ".config").read_bytes()).hexdigest(),
+        "config_base": request.config.base,
+        "fragments": [str(f) for f in request.config.fragments],
+        "phases_s": {k: round(v, 2) for k, v in phases.items()},
+        "selftests": manifest,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (staging / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return meta

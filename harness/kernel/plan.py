@@ -1,0 +1,88 @@
+"""From user choices (CLI flags, inventory) to a BuildRequest, and the commands it implies."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from harness.config import HarnessConfig
+from harness.errors import ConfigError
+from harness.kernel.build import REPO_ROOT, BuildRequest, default_config
+from harness.kernel.kconfig import ConfigRequest, config_commands
+from harness.kernel.patches import Series, fetch_b4, load_mbox, load_series
+from harness.kernel.source import (IMPORT_TAG, KernelSource, imported, debian_tarball, import_commands, import_dest,
+                                   open_git_tree)
+
+SERIES_DIR = REPO_ROOT / "kernel-patches" / "series"
+CONFIGS_DIR = REPO_ROOT / "kernel-patches" / "configs"
+
+
+def find_series(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    path = SERIES_DIR / name
+    if path.is_dir():
+        return path
+    known = sorted(p.name for p in SERIES_DIR.iterdir() if p.is_dir()) if SERIES_DIR.is_dir() else []
+    raise ConfigError(f"no patch series {name!r}: not a directory, and not in {SERIES_DIR} "
+                      f"(known: {', '.join(known) or 'none'})")
+
+
+def find_fragment(name: str) -> Path:
+    for path in (Path(name).expanduser(), CONFIGS_DIR / name, CONFIGS_DIR / f"{name}.config"):
+        if path.is_file():
+            return path
+    known = sorted(p.name for p in CONFIGS_DIR.glob("*.config"))
+    raise ConfigError(f"no config fragment {name!r} (known in {CONFIGS_DIR}: {', '.join(known)})")
+
+
+def build_request_from_args(args, config: HarnessConfig, workdir: Path | None) -> BuildRequest:
+    """args: the `build` subcommand's namespace; the inventory's [kernel] fills what is not given."""
+    scratch = workdir or Path(tempfile.mkdtemp(prefix="snp-harness-"))
+    series: Series | None = None
+    if args.mbox:
+        series = load_mbox(Path(args.mbox), scratch / "patches")
+    elif args.series_msgid:
+        series = fetch_b4(args.series_msgid, scratch / "b4")
+    elif args.series or config.kernel.series:
+        series = load_series(find_series(args.series or config.kernel.series))
+    fragments = tuple(find_fragment(f) for f in (args.fragment or config.kernel.fragments))
+    cfg = default_config()
+    if fragments or args.config_base:
+        cfg = ConfigRequest(base=args.config_base or "tinyconfig", fragments=fragments or cfg.fragments)
+    tree = Path(args.tree) if args.tree else config.kernel.tree
+    kwargs = {"jobs": args.jobs} if args.jobs else {}
+    return BuildRequest(cache_dir=config.cache_dir, tree=tree, base=args.base, series=series, config=cfg,
+                        **kwargs)
+
+
+def plan_commands(request: BuildRequest) -> list[list[str]]:
+    """Every command a build of `request` runs on a cache miss; nothing is run or written."""
+    from harness.kernel.selftests_build import selftest_commands
+
+    cmds: list[list[str]] = []
+    if request.tree is None or not (Path(request.tree) / ".git").exists():
+        origin = Path(request.tree) if request.tree else debian_tarball()
+        repo = import_dest(origin, request.cache_dir)
+        if not imported(repo):
+            cmds += import_commands(origin, repo)
+        base = IMPORT_TAG
+    else:
+        src = open_git_tree(Path(request.tree), request.base or "HEAD")
+        repo, base = src.repo, src.base
+    exists = (Path(repo) / ".git").exists()
+    repo_id = KernelSource(Path(repo), base, "").repo_id if exists else "<repo-id>"
+    worktree = request.cache_dir / "work" / repo_id
+    if not (worktree / ".git").exists():
+        cmds.append(["git", "-C", str(repo), "worktree", "add", "--detach", "-f", str(worktree), base])
+    cmds.append(["git", "-C", str(worktree), "checkout", "-q", "-f", "--detach", base])
+    for patch in request.series.patches if request.series else ():
+        cmds.append(["git", "-C", str(worktree), "am", "-3", "--keep-non-patch", str(patch.path)])
+    obj = worktree / f".snp-build-{request.config.inputs_digest()[:12]}"
+    make_args = [f"-j{request.jobs}", "CC=ccache gcc", *request.make_args]
+    cmds += config_commands(worktree, obj, request.config, make_args=make_args)
+    cmds.append(["make", "-C", str(worktree), f"O={obj}", *make_args, "bzImage"])
+    cmds += selftest_commands(worktree, obj, obj / "selftests" / "headers", obj / "selftests" / "kvm",
+                              request.guests_dir, request.jobs)
+    return cmds
