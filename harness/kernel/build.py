@@ -134,7 +134,7 @@ def _build_locked(request, cache, source, log_path, progress, phases) -> Build:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab", buffering=0) as logf:
             t = time.monotonic()
-            final = make_config(worktree, obj, request.config, make_args=make_args)
+            final = _configure(worktree, obj, request.config, make_args)
             phases["config"] = time.monotonic() - t
 
             targets = ["bzImage"] + (["modules"] if final.get("MODULES") == "y" else [])
@@ -145,20 +145,66 @@ def _build_locked(request, cache, source, log_path, progress, phases) -> Build:
             staging = cache.staging(key)
             try:
                 t = time.monotonic()
-                from harness.kernel.selftests_build import build_selftests
-
-                selftests = build_selftests(worktree, obj, obj / "selftests", request.guests_dir,
-                                           jobs=request.jobs, log=logf, dest_tar=staging / "selftests.tar.gz")
+                manifest = _selftests(worktree, obj, request, key_parts, logf, staging)
                 phases["selftests"] = time.monotonic() - t
                 if "modules" in targets:
                     _modules_tarball(worktree, obj, make_args, env, logf, staging, log_path)
-                meta = _stage(staging, obj, key_parts, source, request, applied, phases,
-                              selftests.manifest.to_dict(), worktree)
+                meta = _stage(staging, obj, key_parts, source, request, applied, phases, manifest, worktree)
                 entry = cache.commit(key, staging)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
     return Build(key, entry, False, meta, phases)
+
+
+# What decides the final .config besides our inputs: the tree's Kconfig files and config targets.
+_KCONFIG_PATHS = (":(glob)**/Kconfig*", "arch/x86/configs/*", "kernel/configs/*", "scripts/kconfig/*")
+
+
+def _configure(worktree: Path, obj: Path, config: ConfigRequest, make_args: list[str]) -> dict[str, str]:
+    """make_config, skipped (~5 s) when neither our inputs nor the tree's Kconfig changed since last time."""
+    from harness.kernel.kconfig import parse_config
+
+    kconfig = _git(worktree, "ls-files", "-s", "--", *_KCONFIG_PATHS)
+    args = [a for a in make_args if not a.startswith("-j")]  # parallelism does not change the config
+    state = hashlib.sha256("\0".join([config.inputs_digest(), kconfig, *args]).encode()).hexdigest()
+    stamp = obj / ".snp-harness-config-state"
+    if (obj / ".config").exists() and stamp.exists() and stamp.read_text() == state:
+        return parse_config((obj / ".config").read_text(errors="replace"))
+    stamp.unlink(missing_ok=True)
+    final = make_config(worktree, obj, config, make_args=make_args)
+    stamp.write_text(state)
+    return final
+
+
+# What the selftests bundle is made from, besides guests/: the tools tree and the UAPI headers.
+_SELFTEST_PATHS = ("tools/", "include/uapi/", "arch/x86/include/uapi/", "scripts/headers_install.sh",
+                   "scripts/unifdef.c", "usr/")
+
+
+def _selftests(worktree: Path, obj: Path, request: BuildRequest, key: BuildKey, logf, staging: Path) -> dict:
+    """Build and bundle the selftests, or reuse the last bundle when none of their inputs changed.
+
+    A patch to KVM itself (the common case) leaves them alone, so an incremental build
+    costs what make costs.
+    """
+    from harness.kernel.selftests_build import build_selftests
+
+    work = obj / "selftests"
+    tarball, manifest_file, stamp = work / "selftests.tar.gz", work / "manifest.json", work / ".snp-harness-state"
+    inputs = _git(worktree, "ls-files", "-s", "--", *_SELFTEST_PATHS)
+    state = hashlib.sha256("\0".join([inputs, key.guests, key.compiler, *key.make_args]).encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == state and tarball.exists() and manifest_file.exists():
+        manifest = json.loads(manifest_file.read_text())
+    else:
+        stamp.unlink(missing_ok=True)
+        result = build_selftests(worktree, obj, work, request.guests_dir, jobs=request.jobs, log=logf,
+                                 dest_tar=tarball)
+        manifest = result.manifest.to_dict()
+        manifest_file.write_text(json.dumps(manifest))
+        stamp.write_text(state)
+    shutil.copy2(tarball, staging / "selftests.tar.gz")
+    return manifest
 
 
 def _make_env(cache_dir: Path, worktree: Path) -> dict[str, str]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import email.errors
 import email.header
 import logging
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +180,8 @@ def load_mbox(path: Path, workdir: Path) -> Series:
 
 def fetch_b4(msgid: str, workdir: Path, timeout: float = 300) -> Series:
     """`b4 am` a series by Message-ID (needs the network)."""
-    b4 = shutil.which("b4")
+    # The venv's bin/ first: b4 is installed there, and it need not be on PATH.
+    b4 = shutil.which("b4", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if b4 is None:
         raise ConfigError("--series-msgid needs b4: `pip install b4` (or use --series/--mbox with local files)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -197,8 +200,6 @@ def fetch_b4(msgid: str, workdir: Path, timeout: float = 300) -> Series:
 # -- applying -------------------------------------------------------------------
 
 def _git(worktree: Path, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-    import os
-
     r = subprocess.run(["git", "-C", str(worktree), *args], input=stdin, capture_output=True, text=True,
                        env={**os.environ, **GIT_IDENTITY})
     if check and r.returncode != 0:
@@ -208,7 +209,9 @@ def _git(worktree: Path, *args: str, check: bool = True, stdin: str | None = Non
 
 def reset_worktree(worktree: Path, base: str) -> None:
     """Put the worktree at `base` exactly; build directories (.snp-build-*) survive."""
-    _git(worktree, "am", "--abort", check=False)
+    rebase = _git(worktree, "rev-parse", "--path-format=absolute", "--git-path", "rebase-apply").stdout.strip()
+    if Path(rebase).exists():  # a git am left half-way by a killed run
+        _git(worktree, "am", "--abort", check=False)
     _git(worktree, "checkout", "-q", "-f", "--detach", base)
     _git(worktree, "clean", "-q", "-f", "-d", "-x", "-e", "/.snp-build-*")
 

@@ -9,6 +9,8 @@ import pytest
 from harness import cli
 from harness.transport.hostkeys import KnownHosts, fingerprint, host_id
 
+from conftest import DATA_DIR as DATA
+
 
 @pytest.fixture
 def inventory(sshd, tmp_path):
@@ -97,3 +99,40 @@ def test_local_check_prints_the_table(capsys):
     assert rc in (cli.EXIT_OK, cli.EXIT_FAIL)
     assert "SNP requirements" in out and "capabilities" in out
     assert ("not ready for SNP testing" in out) == (rc == cli.EXIT_FAIL)
+
+
+def test_build_dry_run_prints_commands_and_runs_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["build", "--dry-run", "--series", str(DATA / "patches" / "series-two")]) == cli.EXIT_OK
+    out = capsys.readouterr().out.splitlines()
+    assert any(" am -3 --keep-non-patch " in ln and "0002-KVM-guest_memfd" in ln for ln in out)
+    assert any(ln.startswith("make -C ") and ln.endswith(" bzImage") for ln in out)
+    assert any("olddefconfig" in ln for ln in out) and any("headers_install" in ln for ln in out)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_build_unknown_series_is_a_usage_error(capsys):
+    assert cli.main(["build", "--series", "no-such-series"]) == cli.EXIT_USAGE
+    assert "no patch series 'no-such-series'" in capsys.readouterr().err
+
+
+def test_build_series_msgid_offline_is_an_infra_error(capsys, monkeypatch):
+    from harness.testing.sshd import free_port
+
+    # Point b4 at a closed loopback port: offline, and no traffic leaves the machine.
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "b4.midmask")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", f"http://127.0.0.1:{free_port()}/%s")
+    assert cli.main(["build", "--series-msgid", "20261125.1-1-dev@example.invalid"]) == cli.EXIT_INFRA
+    err = capsys.readouterr().err
+    assert "b4 could not fetch 20261125.1-1-dev@example.invalid" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_build_cli_reports_a_cache_hit(kernel_build, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(kernel_build.dir.parents[2]))  # the shared kernel cache
+    assert cli.main(["build"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert f"cache hit: {kernel_build.key}" in out and str(kernel_build.bzimage) in out
