@@ -241,13 +241,20 @@ def apply_series(worktree: Path, base: str, series: Series) -> list[AppliedPatch
         else:
             r = _git(worktree, "apply", "--3way", "--index", str(patch.path), check=False)
             if r.returncode == 0:
-                r = _git(worktree, "commit", "-q", "-m", patch.subject, check=False)
+                _commit_index(worktree, patch.subject)
         if r.returncode != 0:
             raise _patch_error(worktree, base, series, patch, text, r.stdout + r.stderr)
         head = _git(worktree, "rev-parse", "HEAD").stdout.strip()
         applied.append(AppliedPatch(patch.index, patch.subject, commit_patch_id(worktree, head), head))
         log.info("applied %d/%d %s", patch.index, len(series), patch.subject)
     return applied
+
+
+def _commit_index(worktree: Path, subject: str) -> None:
+    """Commit the index on the detached HEAD (plumbing: no hooks, no index refresh)."""
+    tree = _git(worktree, "write-tree").stdout.strip()
+    commit = _git(worktree, "commit-tree", tree, "-p", "HEAD", "-m", subject).stdout.strip()
+    _git(worktree, "update-ref", "--no-deref", "HEAD", commit)
 
 
 def _patch_error(worktree: Path, base: str, series: Series, patch: Patch, text: str, output: str) -> PatchError:
