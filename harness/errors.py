@@ -79,3 +79,22 @@ class BuildError(InfraError):
         if log_path is not None:
             text += f"\nfull log: {log_path}"
         super().__init__(text)
+
+
+class BootError(InfraError):
+    """A kernel did not come up on a target; carries the console's last lines."""
+
+    def __init__(self, message: str, console_tail: str = "") -> None:
+        self.console_tail = console_tail
+        text = message
+        if console_tail:
+            text += "\n--- console (last lines) ---\n" + console_tail
+        super().__init__(text)
+
+
+class BootTimeout(BootError):
+    """No sign of life within the boot timeout."""
+
+
+class LeaseError(InfraError):
+    """The host is held by another run."""

@@ -287,6 +287,17 @@ class SshTransport:
             else:
                 select.select([chan], [], [], min(remaining, 0.5))
 
+    def spawn(self, argv: Sequence[str]) -> RemoteProcess:
+        """Start a long-lived command on its own channel (a lease holder, a console reader)."""
+        command = remote_command(check_argv(argv))
+        _, chan = self._open_channel()
+        try:
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            chan.close()
+            raise TransportError(f"{self.name}: could not start {shlex.join(argv)}: {e}") from e
+        return RemoteProcess(chan, self.name, tuple(argv))
+
     def _end_remote(self, pid: int | None) -> None:
         """End a timed-out command's process group on the target."""
         if not pid:
@@ -325,3 +336,39 @@ def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
         chan.shutdown_write()
     except (OSError, paramiko.SSHException, EOFError):
         pass  # the command exited or the channel closed; the reader reports that
+
+
+class RemoteProcess:
+    """A command running on its own channel; closing the channel ends its stdin."""
+
+    def __init__(self, chan: paramiko.Channel, where: str, argv: tuple[str, ...]) -> None:
+        self._chan, self.where, self.argv = chan, where, argv
+        self._buf = b""
+
+    def readline(self, timeout: float) -> str | None:
+        """The next stdout line, or None at EOF; TransportError if none comes in time."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            if self._chan.recv_ready():
+                self._buf += self._chan.recv(4096)
+                continue
+            if self._chan.eof_received or self._chan.closed:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(f"{self.where}: no output from {shlex.join(self.argv)} in {timeout:g}s")
+            select.select([self._chan], [], [], min(remaining, 0.5))
+        if not self._buf:
+            return None
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def exit_status(self, timeout: float) -> int | None:
+        return self._chan.recv_exit_status() if self._chan.status_event.wait(timeout) else None
+
+    @property
+    def alive(self) -> bool:
+        return not (self._chan.closed or self._chan.exit_status_ready())
+
+    def close(self) -> None:
+        self._chan.close()
