@@ -23,7 +23,13 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow"):
+    snp_dir = Path(__file__).parent / "tests" / "snp"
+    for item in items:  # the kernel suites drive a target: a kernel build and a VM boot
+        if snp_dir in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.snp)
+            item.add_marker(pytest.mark.slow)
+    # An explicit -m (say `pytest -m snp`) is the user's choice: do not deselect behind it.
+    if config.getoption("--run-slow") or config.getoption("markexpr"):
         return
     slow = [i for i in items if i.get_closest_marker("slow")]
     if slow:
@@ -103,3 +109,15 @@ def kernel_build(kernel_cache, kernel_source, tmp_path_factory):
 
     log = tmp_path_factory.mktemp("kernel-build") / "build.log"
     return build(BuildRequest(cache_dir=kernel_cache), log)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No QEMU started by these tests may outlive them."""
+    from harness.targets.qemu import live_qemu_pids
+
+    left = live_qemu_pids()
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"FAILED: QEMU processes left running after the tests: {left}", red=True)

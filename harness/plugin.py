@@ -5,6 +5,8 @@ Loaded through the pytest11 entry point. The only library module that knows pyte
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.config import HarnessConfig, find_config, load_config
@@ -22,7 +24,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--snp-host", metavar="NAME", action="append", default=[],
                     help="run the kernel suites on this inventory host (repeatable)")
     group.addoption("--snp-target", metavar="KIND", choices=TARGET_KINDS,
-                    help=f"target when no --snp-host is given: {', '.join(TARGET_KINDS)} (default: local)")
+                    help=f"target when no --snp-host is given: {', '.join(TARGET_KINDS)} "
+                         f"(default: {TARGET_KINDS[0]}, a VM the harness boots; local: this machine as it is)")
     group.addoption("--snp-trust-new-host-key", action="store_true",
                     help="accept and record an unknown host key on first contact (never a changed one)")
 
@@ -82,15 +85,48 @@ def _snp_target_id(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def target(_snp_target_id, harness_config, pytestconfig, record_testsuite_property):
-    """One target per --snp-host (or the local default), probed once.
+def snp_run_dir(harness_config) -> Path:
+    """This session's run directory: build log, consoles, per-test evidence."""
+    from harness.artifacts import new_run_dir
 
-    An error here (unreachable host, bad host key) is a pytest error, and pytest
-    re-raises the same cached error for every later test of this target.
+    return new_run_dir(harness_config.artifacts.root, "pytest")
+
+
+@pytest.fixture(scope="session")
+def snp_build(harness_config, snp_run_dir):
+    """The kernel and selftests under test (the inventory's [kernel]); a cache hit when built before."""
+    from harness.kernel.build import BuildRequest, build, default_config
+    from harness.kernel.kconfig import ConfigRequest
+    from harness.kernel.patches import load_series
+    from harness.kernel.plan import find_fragment, find_series
+
+    k = harness_config.kernel
+    config = default_config()
+    if k.fragments:
+        config = ConfigRequest(base="tinyconfig", fragments=tuple(find_fragment(f) for f in k.fragments))
+    series = load_series(find_series(k.series)) if k.series else None
+    return build(BuildRequest(cache_dir=harness_config.cache_dir, tree=k.tree, series=series, config=config),
+                 snp_run_dir / "build.log")
+
+
+@pytest.fixture(scope="session")
+def target(_snp_target_id, harness_config, pytestconfig, request, snp_run_dir, record_testsuite_property):
+    """One target per --snp-host (or the local default), booted and probed once.
+
+    An error here (unreachable host, bad host key, a boot failure) is a pytest
+    error, and pytest re-raises the same cached error for every later test of
+    this target: a broken target is never rebooted again.
     """
-    t = open_target(harness_config, _snp_target_id,
+    slug = _snp_target_id.replace("://", "-").strip("-/")
+    t = open_target(harness_config, _snp_target_id, workdir=snp_run_dir / "targets" / slug,
                     trust_new_host_key=pytestconfig.getoption("--snp-trust-new-host-key"))
     try:
+        if hasattr(t, "boot"):
+            b = request.getfixturevalue("snp_build")
+            t.install(b)
+            t.boot()
+            record_testsuite_property(f"{t.name} kernel_build", b.key)
+            record_testsuite_property(f"{t.name} accel", f"{t.accel} -cpu {t.cpu}")
         caps = t.capabilities()
         for key, value in caps.properties().items():
             record_testsuite_property(f"{t.name} {key}", value)

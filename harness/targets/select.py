@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness.config import HarnessConfig
 from harness.errors import ConfigError
 from harness.targets.base import Target
 
-TARGET_KINDS = ("local",)  # where no --snp-host is given
+TARGET_KINDS = ("qemu", "local")  # where no --snp-host is given; the first is the default
 
 
 def target_ids(config: HarnessConfig, hosts: list[str], kind: str | None) -> list[str]:
@@ -15,14 +17,22 @@ def target_ids(config: HarnessConfig, hosts: list[str], kind: str | None) -> lis
         raise ConfigError("give either --snp-host or --snp-target, not both")
     if hosts:
         return [f"ssh://{config.host(h).name}" for h in dict.fromkeys(hosts)]
-    kind = kind or "local"
+    kind = kind or TARGET_KINDS[0]
     if kind not in TARGET_KINDS:
         raise ConfigError(f"unknown target kind {kind!r}; expected one of {', '.join(TARGET_KINDS)}")
     return [f"{kind}://"]
 
 
-def open_target(config: HarnessConfig, target_id: str, *, trust_new_host_key: bool = False) -> Target:
+def open_target(config: HarnessConfig, target_id: str, *, trust_new_host_key: bool = False,
+                workdir: Path | None = None) -> Target:
+    """workdir: where a target keeps its files (console log, keys); needed for qemu."""
     scheme, _, rest = target_id.partition("://")
+    if scheme == "qemu":
+        from harness.targets.qemu import QemuTarget
+
+        if workdir is None:
+            raise ConfigError("the qemu target needs a work directory")
+        return QemuTarget(workdir)
     if scheme == "ssh":
         from harness.targets.host import HostTarget
 

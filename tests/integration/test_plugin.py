@@ -39,7 +39,7 @@ def inventory(pytester, sshd, tmp_path):
 
 def test_local_target_runs_and_needs_skips_with_reason(pytester):
     pytester.makepyfile(SUITE)
-    result = pytester.runpytest("-rs", "--junitxml=junit.xml")
+    result = pytester.runpytest("-rs", "--snp-target", "local", "--junitxml=junit.xml")
     result.assert_outcomes(passed=2, skipped=1)
     result.stdout.fnmatch_lines(["*local://: needs snp (*fix:*"])
     props = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "junit.xml").iter("property")}
