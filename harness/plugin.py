@@ -26,6 +26,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--snp-target", metavar="KIND", choices=TARGET_KINDS,
                     help=f"target when no --snp-host is given: {', '.join(TARGET_KINDS)} "
                          f"(default: {TARGET_KINDS[0]}, a VM the harness boots; local: this machine as it is)")
+    group.addoption("--snp-install", action="store_true",
+                    help="install and boot the build on --snp-host targets (kexec or grub, as the inventory "
+                         "says); without it, hosts run the suites on the kernel they run now")
     group.addoption("--snp-trust-new-host-key", action="store_true",
                     help="accept and record an unknown host key on first contact (never a changed one)")
 
@@ -121,11 +124,12 @@ def target(_snp_target_id, harness_config, pytestconfig, request, snp_run_dir, r
     t = open_target(harness_config, _snp_target_id, workdir=snp_run_dir / "targets" / slug,
                     trust_new_host_key=pytestconfig.getoption("--snp-trust-new-host-key"))
     try:
-        if hasattr(t, "boot"):
+        if getattr(t, "boots_by_default", False) or pytestconfig.getoption("--snp-install"):
             b = request.getfixturevalue("snp_build")
             t.install(b)
             t.boot()
             record_testsuite_property(f"{t.name} kernel_build", b.key)
+        if hasattr(t, "accel"):
             record_testsuite_property(f"{t.name} accel", f"{t.accel} -cpu {t.cpu}")
         caps = t.capabilities()
         for key, value in caps.properties().items():

@@ -43,6 +43,9 @@ class QemuConfig:
     boot_timeout_s: float = 300.0
     qemu: str = "qemu-system-x86_64"
     extra_args: tuple[str, ...] = ()
+    # Exit on a guest reboot (the default: a panic ends the VM at once). A VM that
+    # stands in for a lab host keeps running, so a QMP system_reset can power-cycle it.
+    no_reboot: bool = True
 
 
 def choose_accel(requested: str = "auto") -> tuple[str, str, str]:
@@ -82,7 +85,8 @@ def qemu_argv(cfg: QemuConfig, *, accel: str, cpu: str, kernel: Path, initrd: Pa
         raise ConfigError(f"cannot pass '\"' in the kernel command line: {append}")
     return [
         cfg.qemu, "-name", "snp-harness", "-machine", "q35", "-accel", accel, "-cpu", cpu,
-        "-smp", str(cfg.cpus), "-m", cfg.memory, "-no-reboot", "-display", "none", "-monitor", "none",
+        "-smp", str(cfg.cpus), "-m", cfg.memory, *(["-no-reboot"] if cfg.no_reboot else []),
+        "-display", "none", "-monitor", "none",
         "-nodefaults", "-serial", f"file:{console}",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
         # restrict=on: the guest reaches no network; only 127.0.0.1:port reaches its sshd.
@@ -117,6 +121,8 @@ def _kill_all() -> None:  # Ctrl-C or a crash in the harness never leaves a VM b
 
 @dataclass
 class QemuTarget(ProbedTarget):
+    boots_by_default = True  # the plugin installs and boots the build on it
+
     workdir: Path
     config: QemuConfig = field(default_factory=QemuConfig)
     name: str = "qemu://"

@@ -36,7 +36,7 @@ def open_target(config: HarnessConfig, target_id: str, *, trust_new_host_key: bo
     if scheme == "ssh":
         from harness.targets.host import HostTarget
 
-        return HostTarget(config.host(rest), trust_new_host_key=trust_new_host_key)
+        return HostTarget(config.host(rest), trust_new_host_key=trust_new_host_key, workdir=workdir)
     if scheme == "local":
         from harness.targets.local import LocalTarget
 
