@@ -1,4 +1,4 @@
-"""Boot: what QemuTarget adds to a bare QEMU boot, and what a kexec reboot saves over a VM restart.
+"""Boot: what QemuTarget adds to a bare QEMU boot, and a kexec reboot against a full VM restart.
 
 Two ratios, each against a baseline measured in the same run, rounds alternating:
 
@@ -9,14 +9,18 @@ Two ratios, each against a baseline measured in the same run, rounds alternating
                     port, console file, QMP socket and pidfile), timed from Popen
                     until `SNP-HARNESS-READY` is in its console file (polled every
                     20 ms). The harness also pays for the SSH handshake; that is
-                    part of what it costs. Goal: <= 1.1.
+                    part of what it costs. The moment its own console shows the
+                    ready line is recorded too (same 20 ms polling, from a thread),
+                    which splits the difference into "QEMU got slower" and "what
+                    boot() does after the guest is ready". Goal: <= 1.1.
   kexec_vs_restart  inside a booted VM whose initramfs has kexec-tools and
                     /boot/bzImage: `kexec -e` (after an untimed `kexec -l` with the
                     initramfs as initrd) until the console shows a new ready line and
                     a fresh SSH connection reports a new boot_id, over a full restart
                     (target.close() then target.boot() and the same boot_id check).
-                    No goal: the remote SNP host reboots by kexec, so this says how
-                    much of a restart the local target could save the same way.
+                    No goal. kexec is the host target's boot path, exercised locally
+                    (local-target.config); this says what it costs against simply
+                    restarting the VM.
 
 Uses the default build from the harness cache (~/.cache/snp-harness; a hit on a
 machine that has built it, several minutes cold). The accelerator is what

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from harness.errors import ConfigError, HarnessError, HostKeyError, InfraError, PatchError
@@ -56,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: all CPUs)")
     b.add_argument("--dry-run", action="store_true", help="print every command instead of running it")
     b.set_defaults(func=cmd_build)
+    q = sub.add_parser("qemu", help="boot the local QEMU target with a build; print the ssh command or open a shell")
+    q.add_argument("--build", metavar="KEY", help="a cached build's key (default: build the default kernel)")
+    q.add_argument("--shell", action="store_true", help="open an interactive shell; the VM stops when it exits")
+    q.add_argument("--memory", default="4G", help="guest memory (default 4G)")
+    q.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
+    q.add_argument("--dry-run", action="store_true", help="print the QEMU command line instead of booting")
+    q.set_defaults(func=cmd_qemu)
+
+    h = sub.add_parser("boot", help="install a build on an inventory host and boot it (kexec or grub)")
+    h.add_argument("host", help="inventory host name")
+    h.add_argument("--build", metavar="KEY", help="a cached build's key (default: build the default kernel)")
+    h.add_argument("--wait-lease", type=int, default=0, metavar="S", help="wait up to S seconds for the host's lease")
+    h.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    h.set_defaults(func=cmd_boot)
     return p
 
 
@@ -204,6 +219,91 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+# -- qemu / boot -----------------------------------------------------------------
+
+def _the_build(args, config):
+    from harness.kernel.build import BuildRequest, build, cached_build
+
+    if args.build:
+        return cached_build(config.cache_dir, args.build)
+    from harness.artifacts import new_run_dir
+
+    with _progress() as progress:
+        return build(BuildRequest(cache_dir=config.cache_dir), new_run_dir(config.artifacts.root, "build")
+                     / "build.log", progress)
+
+
+def cmd_qemu(args) -> int:
+    import shlex
+    import subprocess
+    import time
+
+    from harness.artifacts import new_run_dir
+    from harness.targets.qemu import QemuConfig, QemuTarget, choose_accel, qemu_argv
+
+    config = _config(args)
+    qcfg = QemuConfig(memory=args.memory, cpus=args.cpus)
+    if args.dry_run:
+        accel, cpu, why = choose_accel(qcfg.accel)
+        print(f"# {why}")
+        print(shlex.join(qemu_argv(qcfg, accel=accel, cpu=cpu, kernel=Path("<bzImage>"), initrd=Path("<initramfs>"),
+                                   port=0, console=Path("<run>/console.log"), qmp=Path("<run>/qmp.sock"),
+                                   pidfile=Path("<run>/qemu.pid"))))
+        return EXIT_OK
+    b = _the_build(args, config)
+    target = QemuTarget(new_run_dir(config.artifacts.root, "qemu"), qcfg)
+    try:
+        target.install(b)
+        print(f"booting {b.key} ({target.accel}, -cpu {target.cpu}); console: {target.console_log}", file=sys.stderr)
+        target.boot()
+        ssh = ["ssh", "-i", str(target.workdir / "id_ed25519"), "-p", str(target.port),
+               "-o", f"UserKnownHostsFile={target.workdir / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+               "root@127.0.0.1"]
+        if args.shell:
+            return subprocess.call(ssh)
+        print(shlex.join(ssh))
+        print("VM running; Ctrl-C stops it", file=sys.stderr)
+        try:
+            while target.transport is not None:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        return EXIT_OK
+    finally:
+        target.close()
+
+
+def cmd_boot(args) -> int:
+    import shlex
+
+    from harness.artifacts import new_run_dir
+    from harness.targets.host import REMOTE_ROOT, HostTarget
+    from harness.targets.lease import acquire
+
+    config = _config(args)
+    host = config.host(args.host)
+    if args.dry_run:
+        remote = f"{REMOTE_ROOT}/<key>"
+        for argv in (["mkdir", "-p", remote], ["sftp-put", "<bzImage>", f"{remote}/bzImage"],
+                     ["sha256sum", f"{remote}/bzImage"], ["cat", "/proc/sys/kernel/random/boot_id"],
+                     ["kexec", "-l", f"{remote}/bzImage", "--command-line=<current /proc/cmdline>"]
+                     if host.boot_method == "kexec" else ["update-grub"],
+                     ["systemctl", "kexec"] if host.boot_method == "kexec" else ["grub-reboot", "<entry>"]):
+            print(f"{host.name}: {shlex.join(argv)}")
+        return EXIT_OK
+    b = _the_build(args, config)
+    run_dir = new_run_dir(config.artifacts.root, f"boot-{host.name}")
+    target = HostTarget(host, workdir=run_dir)
+    try:
+        with acquire(target.transport, run_dir.name, wait_s=args.wait_lease):
+            target.install(b)
+            target.boot()
+        print(f"{target.name}: running {b.metadata.get('kernel_release')} ({b.key})")
+        return EXIT_OK
+    finally:
+        target.close()
 
 
 # -- trust -----------------------------------------------------------------------

@@ -74,6 +74,21 @@ class Build:
         return p if p.exists() else None
 
 
+def cached_build(cache_dir: Path, key: str) -> Build:
+    """A build from the cache by its key (or a unique prefix of it)."""
+    from harness.errors import ConfigError
+
+    cache = BuildCache(cache_dir)
+    found = sorted(p.name for p in cache.builds.glob(f"{key}*") if p.is_dir() and not p.name.startswith("."))
+    if len(found) != 1:
+        raise ConfigError(f"build {key!r}: {'no such build' if not found else 'ambiguous: ' + ', '.join(found)} "
+                          f"in {cache.builds} (`snp-harness build` prints the key)")
+    meta = cache.lookup(found[0])
+    if meta is None:
+        raise ConfigError(f"build {found[0]} in {cache.builds} is incomplete; build it again")
+    return Build(found[0], cache.entry(found[0]), True, meta, {})
+
+
 def _guest_sources(guests_dir: Path) -> list[Path]:
     return sorted(guests_dir.glob("*.c")) + sorted(guests_dir.glob("*.h"))
 

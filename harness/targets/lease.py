@@ -24,7 +24,7 @@ DEFAULT_LOCK = "/var/lock/snp-harness.lease"
 _BUSY = 75  # EX_TEMPFAIL: someone else holds it
 # $1 lock file, $2 holder identity, $3 seconds to wait (0: don't).
 _SCRIPT = (
-    'exec 9<>"$1" || exit 70; '
+    'mkdir -p "${1%/*}" && exec 9<>"$1" || exit 70; '
     'if [ "$3" -gt 0 ]; then flock -w "$3" 9; else flock -n 9; fi || { cat "$1"; exit 75; }; '
     'printf "%s\\n" "$2" > "$1"; echo LEASED; exec cat >/dev/null'
 )

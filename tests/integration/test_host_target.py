@@ -76,3 +76,38 @@ def test_bzimage_version_and_proc_version_match_rules(kernel_build):
     assert matches_version(v, f"Linux version {release} (x@y) (gcc 12) {stamp}\n")
     assert not matches_version(v, f"Linux version {release}-other (x@y) (gcc 12) {stamp}\n")
     assert not matches_version(v, f"Linux version {release} (x@y) (gcc 12) #999 SMP\n")
+
+
+def test_boot_cli_leases_installs_and_kexecs(qemu_host, kernel_build, kernel_cache, tmp_path, capsys):
+    from harness import cli
+
+    vm, host = qemu_host
+    # The VM's initramfs has no flock (busybox lacks it): give it util-linux's for the lease.
+    vm.transport.put(Path(shutil.which("flock")), "/usr/bin/flock")
+    vm.transport.run(["chmod", "755", "/usr/bin/flock"], timeout=30)
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text(
+        f'[harness]\ncache_dir = "{kernel_cache}"\n'
+        f'[hosts.vmhost]\naddress = "127.0.0.1"\nport = {host.port}\nuser = "root"\n'
+        f'identity_file = "{host.identity_file}"\nknown_hosts = "{host.known_hosts}"\nconnect_timeout = 5\n'
+        f'[artifacts]\nroot = "{tmp_path / "runs"}"\n')
+    before = boot_id(vm.transport)
+    rc = cli.main(["--config", str(inventory), "boot", "vmhost", "--build", kernel_build.key])
+    out = capsys.readouterr()
+    assert rc == cli.EXIT_OK, out.err
+    assert f"ssh://vmhost: running {kernel_build.metadata['kernel_release']} ({kernel_build.key})" in out.out
+    vm.transport.close()
+    assert boot_id(vm.transport) != before
+
+
+def test_boot_and_qemu_dry_runs_print_commands(tmp_path, capsys):
+    from harness import cli
+
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text('[hosts.epyc1]\naddress = "10.0.0.1"\n')
+    assert cli.main(["--config", str(inventory), "boot", "epyc1", "--dry-run"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "epyc1: kexec -l '/var/tmp/snp-harness/<key>/bzImage'" in out and "systemctl kexec" in out
+    assert cli.main(["qemu", "--dry-run"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "restrict=on,hostfwd=tcp:127.0.0.1:" in out and "-accel " in out
