@@ -64,6 +64,7 @@ class HostTarget(ProbedTarget):
         self._installed: dict[str, str] = {}
         self._version = ""
         self._console: subprocess.Popen | None = None
+        self._firing = None  # the reboot command's channel, until the host goes down
 
     # -- install --------------------------------------------------------------
 
@@ -151,7 +152,8 @@ class HostTarget(ProbedTarget):
     def _fire(self, argv: list[str]) -> None:
         """Start a command that takes the host down; its channel dies with the connection."""
         try:
-            self.transport.spawn(argv)
+            # Keep the channel: closing it early can end the command before it ran.
+            self._firing = self.transport.spawn(argv)
         except TransportError:
             pass  # the connection may already be going
         log.info("%s: %s", self.name, shlex.join(argv))
@@ -171,6 +173,7 @@ class HostTarget(ProbedTarget):
                 raise  # a changed key across a reboot is never accepted
             except TransportError as e:
                 went_down, last = True, e
+                self._firing = None
                 self.transport.close()
                 time.sleep(1)
                 continue
