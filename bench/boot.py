@@ -37,6 +37,7 @@ import argparse
 import json
 import logging
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -125,10 +126,9 @@ def bare_argv(target: QemuTarget, bare_dir: Path) -> list[str]:
     argv = qemu_argv(target.config, accel=target.accel, cpu=target.cpu, kernel=target._kernel,
                      initrd=target.workdir / "initramfs.cpio.gz", port=port, console=bare_dir / "console.log",
                      qmp=bare_dir / "qmp.sock", pidfile=bare_dir / "qemu.pid")
-    # The harness writes " ".join(argv) (not shlex.join) to qemu.cmdline, so it cannot be split back
-    # reliably (-append holds spaces); check instead that only the per-run paths and port differ.
+    # qemu.cmdline is shlex.join(argv): check that only the per-run paths and port differ.
     recorded = (target.workdir / "qemu.cmdline").read_text().strip()
-    mine = " ".join(argv).replace(str(bare_dir / "console.log"), str(target.console_log)) \
+    mine = shlex.join(argv).replace(str(bare_dir / "console.log"), str(target.console_log)) \
         .replace(str(bare_dir / "qmp.sock"), str(target.qmp_socket)) \
         .replace(str(bare_dir / "qemu.pid"), str(target.workdir / "qemu.pid")) \
         .replace(f"127.0.0.1:{port}-", f"127.0.0.1:{target.port}-")
