@@ -19,6 +19,7 @@ from harness.config import BootMethod, HostConfig
 from harness.errors import BootError, BootTimeout, ConfigError, HostKeyError, TransportError
 from harness.targets.base import ProbedTarget
 from harness.transport import boot_id
+from harness.transport.local import stop_process
 from harness.transport.ssh import SshTransport
 
 log = logging.getLogger(__name__)
@@ -214,12 +215,7 @@ class HostTarget(ProbedTarget):
 
     def _stop_console(self) -> None:
         if self._console is not None:
-            self._console.terminate()
-            try:
-                self._console.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._console.kill()
-                self._console.wait()
+            stop_process(self._console)
             self._console = None
 
     def console_tail(self, lines: int = 40) -> str:

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shlex
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from pathlib import Path
 
 from harness.errors import BootError, BootTimeout, ConfigError, TransportError
 from harness.targets.base import ProbedTarget
-from harness.transport.hostkeys import KnownHosts, host_id
+from harness.transport.hostkeys import KnownHosts, host_id, parse_public_key
+from harness.transport.local import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,7 @@ def live_qemu_pids() -> list[int]:
 
 
 def _kill(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, grace)
     _LIVE.pop(proc.pid, None)
 
 
@@ -226,13 +220,7 @@ class QemuTarget(ProbedTarget):
 
         known = self.workdir / "known_hosts"
         known.unlink(missing_ok=True)
-        kind, b64 = self._host_pub.split()[:2]
-        import base64
-
-        import paramiko
-
-        KnownHosts(known).add(host_id("127.0.0.1", self.port),
-                              paramiko.PKey.from_type_string(kind, base64.b64decode(b64)))
+        KnownHosts(known).add(host_id("127.0.0.1", self.port), parse_public_key(self._host_pub))
         transport = SshTransport("local", "127.0.0.1", port=self.port, user="root",
                                  identity_file=self.workdir / "id_ed25519", known_hosts=known, connect_timeout=10)
         transport.name = self.name

@@ -6,7 +6,6 @@ and client keys. Only processes it started are ever signalled, by PID.
 
 from __future__ import annotations
 
-import base64
 import getpass
 import os
 import shutil
@@ -17,6 +16,9 @@ import time
 from pathlib import Path
 
 import paramiko
+
+from harness.transport.hostkeys import parse_public_key
+from harness.transport.local import stop_process
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -103,12 +105,7 @@ class LoopbackSshd:
         if self.proc is None:
             return
         sessions = self.session_pids()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         for pid in sessions:
             _signal(pid, signal.SIGKILL)
         self.proc = None
@@ -131,8 +128,7 @@ class LoopbackSshd:
                 f"{self.user}@127.0.0.1"]
 
     def public_host_key(self) -> paramiko.PKey:
-        kind, b64 = self.host_key.with_suffix(".pub").read_text().split()[:2]
-        return paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
+        return parse_public_key(self.host_key.with_suffix(".pub").read_text())
 
     def known_hosts_file(self) -> Path:
         """A known_hosts file with this server's key, for the OpenSSH client."""

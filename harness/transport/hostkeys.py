@@ -25,6 +25,12 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+def parse_public_key(line: str) -> paramiko.PKey:
+    """A key from an OpenSSH public key line ("ssh-ed25519 AAAA... comment")."""
+    kind, b64 = line.split()[:2]
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
+
+
 def host_id(address: str, port: int) -> str:
     """The known_hosts name of an endpoint, as OpenSSH writes it."""
     return address if port == 22 else f"[{address}]:{port}"

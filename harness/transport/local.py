@@ -138,3 +138,14 @@ def _kill_group(proc: subprocess.Popen) -> None:
             # The leader is gone; children in its group may still live.
         except subprocess.TimeoutExpired:
             continue
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """End a process we started: SIGTERM, then SIGKILL after `grace` seconds; always reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
