@@ -29,6 +29,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--snp-install", action="store_true",
                     help="install and boot the build on --snp-host targets (kexec or grub, as the inventory "
                          "says); without it, hosts run the suites on the kernel they run now")
+    group.addoption("--snp-matrix", choices=("ci", "full"), default="ci",
+                    help="conversion matrix: ci (each backing plain and at 4 memslots x 2 vCPUs) or full")
     group.addoption("--snp-trust-new-host-key", action="store_true",
                     help="accept and record an unknown host key on first contact (never a changed one)")
 
@@ -151,3 +153,38 @@ def _snp_needs(request: pytest.FixtureRequest) -> None:
             reason = caps.missing(cap)
             if reason:
                 pytest.skip(f"{t.name}: {reason}")
+
+
+@pytest.fixture
+def selftest(target, request, snp_run_dir):
+    """run(binary, *args, timeout=...): one selftest on the target, its verdict made pytest's.
+
+    KSFT_SKIP skips with the test's own reason; a failure or a timeout fails with
+    the assertion (or the output's tail); the raw output goes to the run directory.
+    """
+    from harness.scenarios.runner import SelftestStatus, run_selftest
+
+    if not target.selftests_dir:
+        pytest.skip(f"{target.name}: the build's selftests are not installed there; use the qemu target, "
+                    "or --snp-install for hosts")
+    log_dir = snp_run_dir / "selftests" / _slug(request.node.nodeid)
+
+    def run(binary: str, *args: str, timeout: float = 600):
+        r = run_selftest(target.transport, target.selftests_dir, binary, args, timeout=timeout, log_dir=log_dir)
+        request.node.user_properties.append(("selftest", r.command))
+        request.node.user_properties.append(("selftest_duration_s", f"{r.duration_s:.2f}"))
+        if r.log_path is not None:
+            request.node.user_properties.append(("selftest_log", str(r.log_path)))
+        if r.status is SelftestStatus.SKIP:
+            pytest.skip(f"{binary}: {r.reason}")
+        if r.status is not SelftestStatus.PASS:
+            pytest.fail(f"{r.command}: {r.status.value}: {r.reason}", pytrace=False)
+        return r
+
+    return run
+
+
+def _slug(nodeid: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:200]

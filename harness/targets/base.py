@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class Target(Protocol):
     name: str  # "local://", "ssh://epyc1"; also the pytest id
     transport: Transport
+    selftests_dir: str | None  # the build's selftests on the target (None: not installed)
 
     def capabilities(self, refresh: bool = False) -> Capabilities:
         """What this target can do (SNP, VM types, THP, debugfs...), probed once and cached."""
@@ -25,6 +26,7 @@ class ProbedTarget:
 
     name: str
     transport: Transport
+    selftests_dir: str | None = None  # where the build's selftests are on the target, once installed
     _caps: Capabilities | None = None
 
     def capabilities(self, refresh: bool = False) -> Capabilities:

@@ -66,6 +66,7 @@ class HostTarget(ProbedTarget):
         self._version = ""
         self._console: subprocess.Popen | None = None
         self._firing = None  # the reboot command's channel, until the host goes down
+        self.selftests_dir: str | None = None  # set by install()
 
     # -- install --------------------------------------------------------------
 
@@ -79,6 +80,7 @@ class HostTarget(ProbedTarget):
             files["initrd"] = Path(initrd)
         if build.modules is not None:
             files["modules.tar.gz"] = build.modules
+        files["selftests.tar.gz"] = build.selftests
         import hashlib
 
         for name, local in files.items():
@@ -89,6 +91,9 @@ class HostTarget(ProbedTarget):
                 raise TransportError(f"{self.name}: {remote}/{name} arrived corrupted (sha256 {got}, sent {want})")
         if "modules.tar.gz" in files:
             t.run(["tar", "-xzf", f"{remote}/modules.tar.gz", "-C", "/"], timeout=600)
+        t.run(["mkdir", "-p", f"{remote}/selftests"], timeout=60)
+        t.run(["tar", "-xzf", f"{remote}/selftests.tar.gz", "-C", f"{remote}/selftests"], timeout=600)
+        self.selftests_dir = f"{remote}/selftests"
         self._installed = {name: f"{remote}/{name}" for name in files}
         self._version = bzimage_version(build.bzimage.read_bytes())
         log.info("%s: installed %s in %s", self.name, build.key, remote)

@@ -117,6 +117,7 @@ def _kill_all() -> None:  # Ctrl-C or a crash in the harness never leaves a VM b
 @dataclass
 class QemuTarget(ProbedTarget):
     boots_by_default = True  # the plugin installs and boots the build on it
+    selftests_dir = "/selftests"  # where the initramfs carries the build's selftests
 
     workdir: Path
     config: QemuConfig = field(default_factory=QemuConfig)

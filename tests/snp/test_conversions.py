@@ -1,0 +1,29 @@
+"""private_mem_conversions_test over the conversion matrix (--snp-matrix ci|full)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.scenarios.hugepages import HugepagesUnavailable, reserved_hugepages
+from harness.scenarios.matrix import MATRICES
+
+pytestmark = pytest.mark.needs("sw_protected_vm")
+
+
+def pytest_generate_tests(metafunc):
+    if "cell" in metafunc.fixturenames:
+        cells = MATRICES[metafunc.config.getoption("--snp-matrix")]()
+        metafunc.parametrize("cell", cells, ids=[c.id for c in cells])
+
+
+def test_private_mem_conversions(target, selftest, cell):
+    if not cell.hugetlb_pages_2m:
+        selftest("x86_64/private_mem_conversions_test", *cell.args, timeout=600)
+        return
+    if not target.capabilities().has("hugetlb_2m"):
+        pytest.skip(f"{target.name}: {target.capabilities().missing('hugetlb_2m')}")
+    try:
+        with reserved_hugepages(target.transport, cell.hugetlb_pages_2m):
+            selftest("x86_64/private_mem_conversions_test", *cell.args, timeout=600)
+    except HugepagesUnavailable as e:
+        pytest.skip(f"{target.name}: {e}")

@@ -1,0 +1,22 @@
+"""Our own guest_memfd selftests (guests/): misaligned memslots, forced THP split and collapse."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.needs("sw_protected_vm", "guest_memfd")
+def test_gmem_misaligned_conversions(selftest):
+    r = selftest("guests/gmem_misaligned_conversions_test", timeout=600)
+    assert r.ktap is not None and r.ktap.counts.passed > 0
+
+
+@pytest.mark.needs("sw_protected_vm", "guest_memfd", "thp", "split_huge_pages")
+def test_gmem_thp_split_collapse(selftest, request):
+    r = selftest("guests/gmem_thp_split_collapse_test", timeout=600)
+    assert r.ktap is not None and r.ktap.counts.passed > 0
+    # The vmstat deltas the test printed become properties of this testcase.
+    for line in r.stdout.splitlines():
+        if line.startswith("# vmstat ") and not line.endswith(": +0"):
+            name, delta = line[len("# vmstat "):].split(": ", 1)
+            request.node.user_properties.append((f"vmstat_{name}", delta))
