@@ -188,3 +188,30 @@ def _slug(nodeid: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:200]
+
+
+@pytest.fixture
+def thp(target, request):
+    """THP control for one test: thp.set(enabled="always", ...) is undone afterwards, and the
+    thp_* vmstat counters that moved during the test become testcase properties."""
+    from contextlib import ExitStack
+
+    from harness.scenarios.thp import read_vmstat, thp_settings, vmstat_delta
+
+    class Thp:
+        def __init__(self, stack: ExitStack) -> None:
+            self._stack = stack
+
+        def set(self, **knobs: str) -> None:
+            try:
+                self._stack.enter_context(thp_settings(target.transport, **knobs))
+            except ValueError as e:  # the kernel refused the value: the target can't do this mode
+                pytest.skip(f"{target.name}: {e}")
+
+    if not target.capabilities().has("thp"):
+        pytest.skip(f"{target.name}: {target.capabilities().missing('thp')}")
+    before = read_vmstat(target.transport)
+    with ExitStack() as stack:
+        yield Thp(stack)
+    for name, delta in vmstat_delta(before, read_vmstat(target.transport)).items():
+        request.node.user_properties.append((f"vmstat_{name}", f"{delta:+d}"))

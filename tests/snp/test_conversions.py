@@ -27,3 +27,10 @@ def test_private_mem_conversions(target, selftest, cell):
             selftest("x86_64/private_mem_conversions_test", *cell.args, timeout=600)
     except HugepagesUnavailable as e:
         pytest.skip(f"{target.name}: {e}")
+
+
+@pytest.mark.parametrize("mode", ["always", "madvise", "never"])
+def test_private_mem_conversions_under_thp_mode(selftest, thp, mode):
+    """The widest anonymous_thp cell with THP `enabled` forced to each mode (restored afterwards)."""
+    thp.set(enabled=mode)
+    selftest("x86_64/private_mem_conversions_test", "-s", "anonymous_thp", "-m", "4", "-n", "2", timeout=600)
