@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true", help="print the QEMU command line instead of booting")
     q.set_defaults(func=cmd_qemu)
 
+    r = sub.add_parser("run", help="the main job: build, bring up the target(s), run the kernel suites, report")
+    r.add_argument("--snp-host", dest="hosts", metavar="NAME", action="append", default=[],
+                   help="inventory host (repeatable; default: the local QEMU target)")
+    r.add_argument("--install", action="store_true", help="install and boot the build on the hosts first")
+    r.add_argument("--series", metavar="NAME", help="kernel-patches/series/NAME, or a series directory")
+    r.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest arguments")
+    r.set_defaults(func=cmd_run)
+
     h = sub.add_parser("boot", help="install a build on an inventory host and boot it (kexec or grub)")
     h.add_argument("host", help="inventory host name")
     h.add_argument("--build", metavar="KEY", help="a cached build's key (default: build the default kernel)")
@@ -233,6 +241,50 @@ def _the_build(args, config):
     with _progress() as progress:
         return build(BuildRequest(cache_dir=config.cache_dir), new_run_dir(config.artifacts.root, "build")
                      / "build.log", progress)
+
+
+def cmd_run(args) -> int:
+    from harness.artifacts import new_run_dir
+    from harness.kernel.build import BuildRequest, build
+    from harness.kernel.patches import load_series
+    from harness.kernel.plan import find_series
+    from harness.run import pytest_argv, run_suites
+
+    config = _config(args)
+    for h in args.hosts:
+        config.host(h)  # an unknown host is a usage error now, not a pytest error later
+    run_dir = new_run_dir(config.artifacts.root, "run")
+    print(f"run directory: {run_dir}")
+    series_name = args.series or config.kernel.series
+    series = load_series(find_series(series_name)) if series_name else None
+    print("[1/3] build (cached)", flush=True)
+    with _progress() as progress:
+        b = build(BuildRequest(cache_dir=config.cache_dir, tree=config.kernel.tree, series=series),
+                  run_dir / "build.log", progress)
+    print(f"      {'cache hit' if b.hit else 'built'}: {b.key} ({b.metadata.get('kernel_release')})", flush=True)
+    extra = [a for a in args.pytest_args if a != "--"]
+    argv = pytest_argv(run_dir, config=config.path, hosts=args.hosts, install=args.install,
+                       series=args.series, extra=extra)
+    print("[2/3] target(s) and [3/3] kernel suites: " + shlex_join(argv), flush=True)
+    report = run_suites(run_dir, argv, {"build": b.key, "kernel_release": b.metadata.get("kernel_release"),
+                                        "series": series_name, "hosts": args.hosts or ["qemu://"],
+                                        "reproducer": shlex_join(["snp-harness", *sys.argv[1:]])})
+    print(f"\n{'verdict':<10} {'count':>5}")
+    for outcome in ("passed", "failed", "error", "skipped"):
+        print(f"{outcome:<10} {report.count(outcome):>5}")
+    for case in report.cases:
+        if case.outcome in ("failed", "error"):
+            print(f"  {case.outcome.upper():<6} {case.name}: {case.message.splitlines()[0] if case.message else ''}")
+    print(f"run directory: {run_dir}")
+    if report.count("error") or (report.pytest_exit not in (0, 1) and not report.cases):
+        return EXIT_INFRA
+    return EXIT_FAIL if report.count("failed") or report.pytest_exit == 1 else EXIT_OK
+
+
+def shlex_join(argv) -> str:
+    import shlex
+
+    return shlex.join(argv)
 
 
 def cmd_qemu(args) -> int:

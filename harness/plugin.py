@@ -29,6 +29,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--snp-install", action="store_true",
                     help="install and boot the build on --snp-host targets (kexec or grub, as the inventory "
                          "says); without it, hosts run the suites on the kernel they run now")
+    group.addoption("--snp-series", metavar="NAME",
+                    help="patch series to build and test (kernel-patches/series/NAME or a directory; "
+                         "default: the inventory's [kernel] series)")
+    group.addoption("--snp-run-dir", metavar="PATH",
+                    help="run directory for this session (default: a new <artifacts root>/<utc>-pytest/)")
     group.addoption("--snp-matrix", choices=("ci", "full"), default="ci",
                     help="conversion matrix: ci (each backing plain and at 4 memslots x 2 vCPUs) or full")
     group.addoption("--snp-trust-new-host-key", action="store_true",
@@ -90,15 +95,19 @@ def _snp_target_id(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def snp_run_dir(harness_config) -> Path:
+def snp_run_dir(harness_config, pytestconfig) -> Path:
     """This session's run directory: build log, consoles, per-test evidence."""
     from harness.artifacts import new_run_dir
 
+    given = pytestconfig.getoption("--snp-run-dir")
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        return Path(given)
     return new_run_dir(harness_config.artifacts.root, "pytest")
 
 
 @pytest.fixture(scope="session")
-def snp_build(harness_config, snp_run_dir):
+def snp_build(harness_config, snp_run_dir, pytestconfig):
     """The kernel and selftests under test (the inventory's [kernel]); a cache hit when built before."""
     from harness.kernel.build import BuildRequest, build, default_config
     from harness.kernel.kconfig import ConfigRequest
@@ -109,7 +118,8 @@ def snp_build(harness_config, snp_run_dir):
     config = default_config()
     if k.fragments:
         config = ConfigRequest(base="tinyconfig", fragments=tuple(find_fragment(f) for f in k.fragments))
-    series = load_series(find_series(k.series)) if k.series else None
+    series_name = pytestconfig.getoption("--snp-series") or k.series
+    series = load_series(find_series(series_name)) if series_name else None
     return build(BuildRequest(cache_dir=harness_config.cache_dir, tree=k.tree, series=series, config=config),
                  snp_run_dir / "build.log")
 

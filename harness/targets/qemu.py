@@ -15,7 +15,9 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +136,7 @@ class QemuTarget(ProbedTarget):
         self._initrd: Path | None = None
         self._kernel: Path | None = None
         self._host_pub: str | None = None
+        self._sockdir: Path | None = None
 
     # -- install / boot -------------------------------------------------------
 
@@ -188,7 +191,13 @@ class QemuTarget(ProbedTarget):
 
     @property
     def qmp_socket(self) -> Path:
-        return self.workdir / "qmp.sock"
+        """The QMP socket: in the workdir, unless that path is over the 107 bytes a UNIX socket may have."""
+        path = self.workdir / "qmp.sock"
+        if len(str(path)) < 100:
+            return path
+        if self._sockdir is None:
+            self._sockdir = Path(tempfile.mkdtemp(prefix="snp-harness-"))
+        return self._sockdir / "qmp.sock"
 
     def console_tail(self, lines: int = 40) -> str:
         try:
@@ -244,3 +253,6 @@ class QemuTarget(ProbedTarget):
 
     def close(self) -> None:
         self.shutdown()
+        if self._sockdir is not None:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+            self._sockdir = None

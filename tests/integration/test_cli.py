@@ -136,3 +136,17 @@ def test_build_cli_reports_a_cache_hit(kernel_build, capsys, tmp_path, monkeypat
     assert cli.main(["build"]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert f"cache hit: {kernel_build.key}" in out and str(kernel_build.bzimage) in out
+
+
+@pytest.mark.slow
+def test_run_builds_boots_runs_and_reports(kernel_build, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(kernel_build.dir.parents[2]))  # the shared kernel cache
+    rc = cli.main(["run", "--", "-k", "test_probe_parses_without_problems or test_guest_memfd"])
+    out = capsys.readouterr().out
+    assert rc == cli.EXIT_OK, out
+    run_dir = next((tmp_path / "runs").glob("*-run"))
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["build"] == kernel_build.key and meta["counts"]["passed"] == 2 and meta["pytest_exit"] == 0
+    assert (run_dir / "junit.xml").exists() and (run_dir / "targets" / "qemu" / "console.log").exists()
+    assert "passed         2" in out and f"run directory: {run_dir}" in out

@@ -1,0 +1,80 @@
+"""The main job: build (cached), bring up the target(s), run the kernel suites, report.
+
+The suites run in a pytest child process (the harness's plugin does the target
+work); everything lands in one run directory: build.log, the targets' console
+logs, per-test selftest output, junit.xml, metadata.json with a reproducer.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str
+    outcome: str  # passed | failed | error | skipped
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_dir: Path
+    pytest_exit: int
+    cases: tuple[CaseResult, ...] = field(default_factory=tuple)
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for c in self.cases if c.outcome == outcome)
+
+
+def pytest_argv(run_dir: Path, *, config: Path | None, hosts: Sequence[str], install: bool,
+                series: str | None, extra: Sequence[str]) -> list[str]:
+    argv = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "snp"), "-m", "snp", "-v", "-rs",
+            "-p", "no:cacheprovider", f"--junitxml={run_dir / 'junit.xml'}", f"--snp-run-dir={run_dir}"]
+    if config:
+        argv.append(f"--snp-config={config}")
+    for h in hosts:
+        argv.append(f"--snp-host={h}")
+    if install:
+        argv.append("--snp-install")
+    if series:
+        argv.append(f"--snp-series={series}")
+    return [*argv, *extra]
+
+
+def run_suites(run_dir: Path, argv: list[str], metadata: dict) -> RunReport:
+    """Run pytest (its output goes straight to the terminal), then read its JUnit."""
+    start = time.monotonic()
+    (run_dir / "metadata.json").write_text(json.dumps({**metadata, "pytest": shlex.join(argv)}, indent=2))
+    rc = subprocess.call(argv, cwd=REPO_ROOT)
+    cases = read_junit(run_dir / "junit.xml")
+    meta = {**metadata, "pytest": shlex.join(argv), "pytest_exit": rc,
+            "duration_s": round(time.monotonic() - start, 1),
+            "counts": {o: sum(1 for c in cases if c.outcome == o) for o in ("passed", "failed", "error", "skipped")}}
+    (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
+    return RunReport(run_dir, rc, tuple(cases))
+
+
+def read_junit(path: Path) -> list[CaseResult]:
+    from junitparser import Error, Failure, JUnitXml, Skipped
+
+    if not path.exists():
+        return []
+    out = []
+    for suite in JUnitXml.fromfile(str(path)):
+        for case in suite:
+            kinds = {type(r) for r in case.result}
+            outcome = ("error" if Error in kinds else "failed" if Failure in kinds
+                       else "skipped" if Skipped in kinds else "passed")
+            message = next((r.message or "" for r in case.result), "")
+            out.append(CaseResult(f"{case.classname}.{case.name}", outcome, message))
+    return out
