@@ -35,3 +35,13 @@ def test_kvm_caps_probe_matches_the_preflight(selftest, target):
     # The probe asks KVM itself; the preflight reads config and sysfs. They must agree.
     assert ("sw_protected" in vm_types) == caps.has("sw_protected_vm")
     assert ("snp" in vm_types) == caps.has("snp")
+
+
+@pytest.mark.needs("sev")
+def test_sev_init2(selftest):
+    selftest("x86_64/sev_init2_tests", timeout=300)
+
+
+@pytest.mark.needs("sev")
+def test_sev_migrate(selftest):
+    selftest("x86_64/sev_migrate_tests", timeout=600)
