@@ -20,3 +20,13 @@ def test_gmem_thp_split_collapse(selftest, request):
         if line.startswith("# vmstat ") and not line.endswith(": +0"):
             name, delta = line[len("# vmstat "):].split(": ", 1)
             request.node.user_properties.append((f"vmstat_{name}", delta))
+
+
+@pytest.mark.needs("snp")
+def test_snp_gmem_conversions(selftest):
+    """The SNP counterpart: an SNP guest converts through GHCB page-state changes + PVALIDATE.
+
+    Compiled in every build; it has not run on SNP hardware yet (see README).
+    """
+    r = selftest("guests/snp_gmem_conversions_test", timeout=900)
+    assert r.ktap is not None and r.ktap.counts.passed > 0
