@@ -40,6 +40,10 @@ round checks that the verdicts agree.
 The pytest run is also split, from hooks in the generated conftest, into start-up (until
 sessionstart), collection, tests (the selftests' own durations and what surrounds them:
 fixtures, needs, runner, reports) and finish (sessionfinish, JUnit, summary).
+`pytest_added_s` is the wall time minus the selftests' own durations (the runner's
+transport.run times, recorded with 10 ms resolution). It measures the overhead directly, so
+it does not depend on how much the selftests vary from one run to the next. The raw-loop
+difference does.
 
 Uses the default build from the harness cache (~/.cache/snp-harness; a hit on a machine
 that has built it). The accelerator is what choose_accel() picks. The QEMU is ended by PID on
