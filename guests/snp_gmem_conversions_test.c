@@ -6,15 +6,11 @@
  * offset agrees (0) or disagrees (4K, 1M, 2M-4K) with the gpa modulo 2M.
  *
  * Part of snp-harness; built inside tools/testing/selftests/kvm of the kernel
- * tree under test.  Written against the 6.12 selftests library, which has
- * SEV and SEV-ES launch helpers but no SNP ones, so the SNP VM creation and
- * launch below are our own, on the uAPI:
- *   KVM_CREATE_VM(KVM_X86_SNP_VM), KVM_SEV_INIT2, KVM_SEV_SNP_LAUNCH_START,
- *   KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) + KVM_SEV_SNP_LAUNCH_UPDATE(NORMAL) of
- *   every page the library allocated as protected (code, data, stack, page
- *   tables, descriptor tables), KVM_SEV_SNP_LAUNCH_FINISH.
- * Memslot 0 (the library's code/data/page-table slot) is guest_memfd backed,
- * because an SNP guest's code and page tables must be private.
+ * tree under test.  The SNP VM creation and launch (our own, on the uAPI,
+ * for the 6.12 selftests library) and the guest's GHCB MSR / PVALIDATE
+ * primitives are in snp_util.h.  Memslot 0 (the library's code/data/
+ * page-table slot) is guest_memfd backed, because an SNP guest's code and
+ * page tables must be private.
  *
  * Setup, per gmem offset: one SNP VM, a 6M data memslot at a 2M-aligned gpa
  * (4G) bound at that offset into an 8M guest_memfd.  The guest maps the data
@@ -98,6 +94,8 @@
 #include "sparsebit.h"
 #include "sev.h"
 
+#include "snp_util.h"
+
 #define DATA_SLOT	10
 #define DATA_GPA	((uint64_t)SZ_4G)	/* 2M aligned */
 #define SLOT_SIZE	((uint64_t)SZ_4M + SZ_2M)
@@ -107,23 +105,7 @@
 #define SLOT0_EXTRA_PAGES	512		/* library path: page tables of the two views, mailbox */
 #define MBOX_SLOT	11
 #define MBOX_GPA	(DATA_GPA + SZ_16M)	/* a non-gmem slot: always shared */
-#define DOORBELL_GPA	0x7fff000000ull		/* in no memslot */
-
-/* GHCB MSR protocol (GHCB spec; arch/x86/include/asm/sev-common.h). */
-#define SNPT_GHCB_INFO_MASK	0xfffull
-#define SNPT_GHCB_PSC_REQ	0x014ull
-#define SNPT_GHCB_PSC_RESP	0x015ull
-#define SNPT_GHCB_TERM_REQ	0x100ull
-#define SNPT_PSC_OP_PRIVATE	1ull
-#define SNPT_PSC_OP_SHARED	2ull
-#define SNPT_TERM_REASON_SET	0xfull	/* ours; KVM only logs it */
-
-/* PVALIDATE (APM vol. 3). */
-#define SNPT_PVALIDATE_FAIL_SIZEMISMATCH	6
-
-/* SNP guest policy: bit 16 SMT allowed (6.12 KVM requires it), bit 17 MBO. */
-#define SNPT_POLICY_SMT		(1ull << 16)
-#define SNPT_POLICY_RSVD_MBO	(1ull << 17)
+#define DOORBELL_GPA	SNPT_DOORBELL_GPA	/* in no memslot */
 
 static const uint64_t gmem_offsets[] = { 0, PAGE_SIZE, SZ_1M, SZ_2M - PAGE_SIZE };
 
@@ -202,31 +184,6 @@ static uint64_t rep8(uint8_t p)
 	return p * 0x0101010101010101ull;
 }
 
-static uint64_t ghcb_msr_vmgexit(uint64_t val)
-{
-	wrmsr(MSR_AMD64_SEV_ES_GHCB, val);
-	__asm__ __volatile__("rep; vmmcall" ::: "memory");
-	return rdmsr(MSR_AMD64_SEV_ES_GHCB);
-}
-
-static void __attribute__((noreturn)) guest_terminate(uint64_t code)
-{
-	ghcb_msr_vmgexit(SNPT_GHCB_TERM_REQ | (SNPT_TERM_REASON_SET << 12) |
-			 ((code & 0xff) << 16));
-	for (;;)
-		;
-}
-
-static uint64_t psc_msr(uint64_t gpa, uint64_t op)
-{
-	return ghcb_msr_vmgexit(SNPT_GHCB_PSC_REQ | (gpa & GENMASK_ULL(51, 12)) | (op << 52));
-}
-
-static bool psc_resp_ok(uint64_t resp)
-{
-	return (resp & SNPT_GHCB_INFO_MASK) == SNPT_GHCB_PSC_RESP && !(resp >> 32);
-}
-
 static void doorbell(uint64_t cmd, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3)
 {
 	MB->cmd = cmd;
@@ -234,8 +191,8 @@ static void doorbell(uint64_t cmd, uint64_t a0, uint64_t a1, uint64_t a2, uint64
 	MB->args[1] = a1;
 	MB->args[2] = a2;
 	MB->args[3] = a3;
-	if (!psc_resp_ok(psc_msr(DOORBELL_GPA, SNPT_PSC_OP_SHARED)))
-		guest_terminate(1);
+	if (!snpt_psc_resp_ok(snpt_psc_msr(DOORBELL_GPA, SNPT_PSC_OP_SHARED)))
+		snpt_guest_terminate(1);
 }
 
 static void guest_fail(uint64_t step, uint64_t gpa, uint64_t want, uint64_t got)
@@ -288,21 +245,6 @@ static void guest_fill(bool priv, uint64_t gpa, uint64_t size, uint8_t pattern)
 	memset((void *)view(priv, gpa), pattern, size);
 }
 
-/* Returns PVALIDATE's rax; *no_update = CF (the RMP was not changed). */
-static uint64_t snpt_pvalidate(uint64_t gva, bool huge, bool validate, bool *no_update)
-{
-	uint64_t rax = gva;
-	uint8_t cf;
-
-	__asm__ __volatile__(".byte 0xf2, 0x0f, 0x01, 0xff\n\t"	/* PVALIDATE */
-			     "setc %[cf]\n\t"
-			     : "+a"(rax), [cf] "=qm"(cf)
-			     : "c"((uint64_t)huge), "d"((uint64_t)validate)
-			     : "memory", "cc");
-	*no_update = cf;
-	return rax & 0xffffffffull;
-}
-
 /*
  * Validate or rescind [gpa, gpa + size) (through the private view); each
  * page must change RMP state.  2M-aligned 2M chunks try a 2M PVALIDATE
@@ -353,8 +295,8 @@ static bool guest_psc_range(uint64_t gpa, uint64_t size, bool to_shared)
 	uint64_t end = gpa + size, resp;
 
 	for (; gpa < end; gpa += PAGE_SIZE) {
-		resp = psc_msr(gpa, to_shared ? SNPT_PSC_OP_SHARED : SNPT_PSC_OP_PRIVATE);
-		if (!psc_resp_ok(resp)) {
+		resp = snpt_psc_msr(gpa, to_shared ? SNPT_PSC_OP_SHARED : SNPT_PSC_OP_PRIVATE);
+		if (!snpt_psc_resp_ok(resp)) {
 			guest_fail(STEP_PSC, gpa, SNPT_GHCB_PSC_RESP, resp);
 			return false;
 		}
@@ -477,7 +419,7 @@ static void guest_code(void)
 			guest_shared_to_private(MB->gpa, MB->size);
 	}
 	doorbell(SYNC_DONE, 0, 0, 0, 0);
-	guest_terminate(0);
+	snpt_guest_terminate(0);
 }
 
 /* ---- host ---- */
@@ -645,134 +587,6 @@ static int run_until_next(struct ctx *c)
 	}
 }
 
-/* ---- SNP VM creation and launch ---- */
-
-#ifdef SNP_POLICY_SMT
-/*
- * The tree's selftests library knows SNP (upstream 6.15+): it backs slot 0
- * with guest_memfd, does KVM_SEV_INIT2 and the SNP launch itself.  This
- * branch is not compiled against 6.12 (unverified here).
- */
-static struct kvm_vm *snp_vm_create(struct kvm_vcpu **vcpu)
-{
-	const struct vm_shape shape = {
-		.mode = VM_MODE_DEFAULT,
-		.type = KVM_X86_SNP_VM,
-	};
-	struct kvm_vcpu *cpus[1];
-	struct kvm_vm *vm;
-
-	vm = __vm_create_with_vcpus(shape, 1, SLOT0_EXTRA_PAGES, guest_code, cpus);
-	*vcpu = cpus[0];
-	return vm;
-}
-
-static void snp_launch(struct kvm_vm *vm)
-{
-	snp_vm_launch_start(vm, snp_default_policy());
-	snp_vm_launch_update(vm);
-	snp_vm_launch_finish(vm);
-}
-#else
-/* 6.12: the library has SEV/SEV-ES helpers only; SNP is done here. */
-static struct kvm_vm *snp_vm_create(struct kvm_vcpu **vcpu)
-{
-	const struct vm_shape shape = {
-		.mode = VM_MODE_DEFAULT,
-		.type = KVM_X86_SNP_VM,
-	};
-	struct kvm_sev_init init = { 0 };
-	struct kvm_vm *vm;
-	int i;
-
-	vm = ____vm_create(shape);
-	/* The 6.12 library sets these for SEV and SEV-ES VMs only. */
-	if (vm->arch.sev_fd < 0)
-		vm->arch.sev_fd = open_sev_dev_path_or_exit();
-	vm->arch.c_bit = BIT_ULL(this_cpu_property(X86_PROPERTY_SEV_C_BIT));
-	vm->gpa_tag_mask = vm->arch.c_bit;
-
-	/*
-	 * As __vm_create(), but slot 0 is guest_memfd backed (an SNP guest's
-	 * code and page tables must be private) and no ucall MMIO is set up.
-	 */
-	vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS, 0, 0, SLOT0_PAGES, KVM_MEM_GUEST_MEMFD, -1, 0);
-	for (i = 0; i < NR_MEM_REGIONS; i++)
-		vm->memslots[i] = 0;
-	kvm_vm_elf_load(vm, program_invocation_name);
-	kvm_arch_vm_post_create(vm);	/* irqchip, descriptor tables, TSC */
-
-	vm_sev_ioctl(vm, KVM_SEV_INIT2, &init);
-
-	*vcpu = vm_vcpu_add(vm, 0, guest_code);
-	return vm;
-}
-
-static void snp_launch_update_range(struct kvm_vm *vm, uint64_t gpa, uint64_t size)
-{
-	struct kvm_sev_snp_launch_update upd = {
-		.gfn_start = gpa >> PAGE_SHIFT,
-		.uaddr = (uint64_t)addr_gpa2hva(vm, gpa),
-		.len = size,
-		.type = KVM_SEV_SNP_PAGE_TYPE_NORMAL,
-	};
-	int r;
-
-	vm_mem_set_private(vm, gpa, size);
-	while (upd.len) {
-		r = __vm_sev_ioctl(vm, KVM_SEV_SNP_LAUNCH_UPDATE, &upd);
-		if (r && errno == EAGAIN)
-			continue;
-		TEST_ASSERT(!r, "KVM_SEV_SNP_LAUNCH_UPDATE(gpa 0x%lx, len 0x%lx) failed: r %d errno %d",
-			    gpa, size, r, errno);
-	}
-}
-
-static void snp_launch(struct kvm_vm *vm)
-{
-	struct kvm_sev_snp_launch_start start = {
-		.policy = SNPT_POLICY_SMT | SNPT_POLICY_RSVD_MBO,
-	};
-	struct kvm_sev_snp_launch_finish finish = { 0 };
-	struct userspace_mem_region *region;
-	sparsebit_idx_t i, j;
-	int ctr;
-
-	vm_sev_ioctl(vm, KVM_SEV_SNP_LAUNCH_START, &start);
-
-	/* Every page the library allocated as protected, i.e. all of slot 0's. */
-	hash_for_each(vm->regions.slot_hash, ctr, region, slot_node) {
-		if (!region->protected_phy_pages ||
-		    !sparsebit_any_set(region->protected_phy_pages))
-			continue;
-		sparsebit_for_each_set_range(region->protected_phy_pages, i, j)
-			snp_launch_update_range(vm, i << vm->page_shift,
-						(j - i + 1) * vm->page_size);
-	}
-
-	vm_sev_ioctl(vm, KVM_SEV_SNP_LAUNCH_FINISH, &finish);
-	vm->arch.is_pt_protected = true;
-}
-#endif
-
-/*
- * Map the data slot twice: the identity (shared) view with the C-bit clear
- * and the private view at PRIV_GVA with it set.  The library sets the C-bit
- * in a leaf PTE iff the gpa is marked protected, so mark the slot protected
- * just for the second mapping; unmarked again, it is not launched.
- */
-static void map_data_views(struct kvm_vm *vm)
-{
-	struct userspace_mem_region *region = memslot2region(vm, DATA_SLOT);
-	const uint64_t npages = SLOT_SIZE / PAGE_SIZE;
-
-	TEST_ASSERT(region->protected_phy_pages, "data slot cannot hold protected pages");
-	virt_map(vm, DATA_GPA, DATA_GPA, npages);
-	sparsebit_set_num(region->protected_phy_pages, DATA_GPA >> PAGE_SHIFT, npages);
-	virt_map(vm, PRIV_GVA, DATA_GPA, npages);
-	sparsebit_clear_num(region->protected_phy_pages, DATA_GPA >> PAGE_SHIFT, npages);
-}
-
 static void test_conversions_at_offset(uint64_t off, unsigned int *pattern_seed)
 {
 	struct ctx c = { .gmem_offset = off };
@@ -780,12 +594,12 @@ static void test_conversions_at_offset(uint64_t off, unsigned int *pattern_seed)
 	unsigned int ri, dir;
 	char name[128];
 
-	c.vm = snp_vm_create(&c.vcpu);
+	c.vm = snpt_vm_create(&c.vcpu, guest_code, SLOT0_PAGES, SLOT0_EXTRA_PAGES);
 	vm_enable_cap(c.vm, KVM_CAP_EXIT_HYPERCALL, BIT_ULL(KVM_HC_MAP_GPA_RANGE));
 	c.gmem_fd = vm_create_guest_memfd(c.vm, GMEM_SIZE, 0);
 	vm_mem_add(c.vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT,
 		   SLOT_SIZE / PAGE_SIZE, KVM_MEM_GUEST_MEMFD, c.gmem_fd, off);
-	map_data_views(c.vm);
+	snpt_map_shared_and_private_views(c.vm, DATA_SLOT, DATA_GPA, SLOT_SIZE, PRIV_GVA);
 
 	/* The mailbox: ordinary (non-gmem, never private) memory, identity mapped. */
 	vm_mem_add(c.vm, VM_MEM_SRC_ANONYMOUS, MBOX_GPA, MBOX_SLOT, 1, 0, -1, 0);
@@ -793,7 +607,7 @@ static void test_conversions_at_offset(uint64_t off, unsigned int *pattern_seed)
 	c.mb = addr_gpa2hva(c.vm, MBOX_GPA);
 	memset(c.mb, 0, PAGE_SIZE);
 
-	snp_launch(c.vm);
+	snpt_launch(c.vm);
 
 	if (run_until_next(&c))
 		dead = true;
@@ -855,15 +669,9 @@ static void test_conversions_at_offset(uint64_t off, unsigned int *pattern_seed)
 int main(void)
 {
 	unsigned int seed = 0, i;
-	int fd;
 
 	ksft_print_header();
-	if (!(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SNP_VM)))
-		ksft_exit_skip("KVM_X86_SNP_VM not in KVM_CAP_VM_TYPES (no SEV-SNP in this host/KVM)\n");
-	fd = open("/dev/sev", O_RDWR);
-	if (fd < 0)
-		ksft_exit_skip("cannot open /dev/sev: %s\n", strerror(errno));
-	close(fd);
+	snpt_require_snp();
 	if (!kvm_has_cap(KVM_CAP_GUEST_MEMFD))
 		ksft_exit_skip("KVM_CAP_GUEST_MEMFD not supported\n");
 	if (!(kvm_check_cap(KVM_CAP_MEMORY_ATTRIBUTES) & KVM_MEMORY_ATTRIBUTE_PRIVATE))

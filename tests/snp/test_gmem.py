@@ -30,3 +30,10 @@ def test_snp_gmem_conversions(selftest):
     """
     r = selftest("guests/snp_gmem_conversions_test", timeout=900)
     assert r.ktap is not None and r.ktap.counts.passed > 0
+
+
+@pytest.mark.needs("snp", "split_huge_pages")
+def test_snp_gmem_thp_split_collapse(selftest):
+    """The SNP counterpart of the THP split/collapse test; never run on SNP hardware yet."""
+    r = selftest("guests/snp_gmem_thp_split_collapse_test", timeout=900)
+    assert r.ktap is not None and r.ktap.counts.passed > 0
