@@ -232,22 +232,20 @@ class _progress:
 # -- qemu / boot -----------------------------------------------------------------
 
 def _the_build(args, config):
-    from harness.kernel.build import BuildRequest, build, cached_build
+    from harness.artifacts import new_run_dir
+    from harness.kernel.build import build, cached_build
+    from harness.kernel.plan import build_request
 
     if args.build:
         return cached_build(config.cache_dir, args.build)
-    from harness.artifacts import new_run_dir
-
     with _progress() as progress:
-        return build(BuildRequest(cache_dir=config.cache_dir), new_run_dir(config.artifacts.root, "build")
-                     / "build.log", progress)
+        return build(build_request(config), new_run_dir(config.artifacts.root, "build") / "build.log", progress)
 
 
 def cmd_run(args) -> int:
     from harness.artifacts import new_run_dir
-    from harness.kernel.build import BuildRequest, build
-    from harness.kernel.patches import load_series
-    from harness.kernel.plan import find_series
+    from harness.kernel.build import build
+    from harness.kernel.plan import build_request
     from harness.run import pytest_argv, run_suites
 
     config = _config(args)
@@ -256,11 +254,9 @@ def cmd_run(args) -> int:
     run_dir = new_run_dir(config.artifacts.root, "run")
     print(f"run directory: {run_dir}")
     series_name = args.series or config.kernel.series
-    series = load_series(find_series(series_name)) if series_name else None
     print("[1/3] build (cached)", flush=True)
     with _progress() as progress:
-        b = build(BuildRequest(cache_dir=config.cache_dir, tree=config.kernel.tree, series=series),
-                  run_dir / "build.log", progress)
+        b = build(build_request(config, series_name=series_name), run_dir / "build.log", progress)
     print(f"      {'cache hit' if b.hit else 'built'}: {b.key} ({b.metadata.get('kernel_release')})", flush=True)
     extra = [a for a in args.pytest_args if a != "--"]
     argv = pytest_argv(run_dir, config=config.path, hosts=args.hosts, install=args.install,

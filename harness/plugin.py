@@ -109,19 +109,11 @@ def snp_run_dir(harness_config, pytestconfig) -> Path:
 @pytest.fixture(scope="session")
 def snp_build(harness_config, snp_run_dir, pytestconfig):
     """The kernel and selftests under test (the inventory's [kernel]); a cache hit when built before."""
-    from harness.kernel.build import BuildRequest, build, default_config
-    from harness.kernel.kconfig import ConfigRequest
-    from harness.kernel.patches import load_series
-    from harness.kernel.plan import find_fragment, find_series
+    from harness.kernel.build import build
+    from harness.kernel.plan import build_request
 
-    k = harness_config.kernel
-    config = default_config()
-    if k.fragments:
-        config = ConfigRequest(base="tinyconfig", fragments=tuple(find_fragment(f) for f in k.fragments))
-    series_name = pytestconfig.getoption("--snp-series") or k.series
-    series = load_series(find_series(series_name)) if series_name else None
-    return build(BuildRequest(cache_dir=harness_config.cache_dir, tree=k.tree, series=series, config=config),
-                 snp_run_dir / "build.log")
+    request = build_request(harness_config, series_name=pytestconfig.getoption("--snp-series"))
+    return build(request, snp_run_dir / "build.log")
 
 
 @pytest.fixture(scope="session")

@@ -37,24 +37,32 @@ def find_fragment(name: str) -> Path:
     raise ConfigError(f"no config fragment {name!r} (known in {CONFIGS_DIR}: {', '.join(known)})")
 
 
+def build_request(config: HarnessConfig, *, series: Series | None = None, series_name: str | None = None,
+                  tree: Path | None = None, base: str | None = None, fragments: tuple[str, ...] = (),
+                  config_base: str | None = None, jobs: int | None = None) -> BuildRequest:
+    """A BuildRequest from explicit choices, the inventory's [kernel] filling what is not given."""
+    name = series_name or config.kernel.series
+    if series is None and name:
+        series = load_series(find_series(name))
+    paths = tuple(find_fragment(f) for f in (fragments or config.kernel.fragments))
+    cfg = default_config()
+    if paths or config_base:
+        cfg = ConfigRequest(base=config_base or "tinyconfig", fragments=paths or cfg.fragments)
+    kwargs = {"jobs": jobs} if jobs else {}
+    return BuildRequest(cache_dir=config.cache_dir, tree=Path(tree) if tree else config.kernel.tree, base=base,
+                        series=series, config=cfg, **kwargs)
+
+
 def build_request_from_args(args, config: HarnessConfig, workdir: Path | None) -> BuildRequest:
-    """args: the `build` subcommand's namespace; the inventory's [kernel] fills what is not given."""
+    """args: the `build` subcommand's namespace."""
     scratch = workdir or Path(tempfile.mkdtemp(prefix="snp-harness-"))
     series: Series | None = None
     if args.mbox:
         series = load_mbox(Path(args.mbox), scratch / "patches")
     elif args.series_msgid:
         series = fetch_b4(args.series_msgid, scratch / "b4")
-    elif args.series or config.kernel.series:
-        series = load_series(find_series(args.series or config.kernel.series))
-    fragments = tuple(find_fragment(f) for f in (args.fragment or config.kernel.fragments))
-    cfg = default_config()
-    if fragments or args.config_base:
-        cfg = ConfigRequest(base=args.config_base or "tinyconfig", fragments=fragments or cfg.fragments)
-    tree = Path(args.tree) if args.tree else config.kernel.tree
-    kwargs = {"jobs": args.jobs} if args.jobs else {}
-    return BuildRequest(cache_dir=config.cache_dir, tree=tree, base=args.base, series=series, config=cfg,
-                        **kwargs)
+    return build_request(config, series=series, series_name=args.series, tree=args.tree, base=args.base,
+                         fragments=tuple(args.fragment), config_base=args.config_base, jobs=args.jobs)
 
 
 def plan_commands(request: BuildRequest) -> list[list[str]]:
