@@ -6,17 +6,13 @@ import re
 from contextlib import contextmanager
 from typing import Iterator
 
-from harness.transport.base import Transport
+from harness.transport.base import Transport, write_value
 
 NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"  # the default size: 2 MiB on x86
 
 
 class HugepagesUnavailable(Exception):
     """The target could not reserve the pages (fragmented or too little memory)."""
-
-
-def _write(transport: Transport, path: str, value: str) -> None:
-    transport.run(["sh", "-c", 'printf "%s\\n" "$2" > "$1"', "sh", path, value], timeout=60)
 
 
 def meminfo_hugepages(text: str) -> int:
@@ -31,7 +27,7 @@ def reserved_hugepages(transport: Transport, count: int) -> Iterator[int]:
     if int(before or 0) >= count:
         yield int(before)
         return
-    _write(transport, NR_HUGEPAGES, str(count))
+    write_value(transport, NR_HUGEPAGES, str(count))
     try:
         got = meminfo_hugepages(transport.run(["cat", "/proc/meminfo"], timeout=30).stdout)
         if got < count:
@@ -39,4 +35,4 @@ def reserved_hugepages(transport: Transport, count: int) -> Iterator[int]:
                                        "free memory on the target, or reserve them at boot (hugepages=N)")
         yield got
     finally:
-        _write(transport, NR_HUGEPAGES, before)
+        write_value(transport, NR_HUGEPAGES, before)

@@ -10,7 +10,7 @@ import re
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
-from harness.transport.base import Transport
+from harness.transport.base import Transport, write_value
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 KNOBS = {
@@ -54,10 +54,6 @@ def read_vmstat(transport: Transport) -> dict[str, int]:
     return parse_vmstat(transport.run(["cat", "/proc/vmstat"], timeout=30).stdout)
 
 
-def _write(transport: Transport, path: str, value: str) -> None:
-    transport.run(["sh", "-c", 'printf "%s\\n" "$2" > "$1"', "sh", path, value], timeout=60)
-
-
 @contextmanager
 def thp_settings(transport: Transport, **values: str) -> Iterator[dict[str, str]]:
     """Set THP knobs (names from KNOBS) inside the block; yields the previous values."""
@@ -68,16 +64,16 @@ def thp_settings(transport: Transport, **values: str) -> Iterator[dict[str, str]
     try:
         for name, value in values.items():
             previous[name] = knob_value(transport.run(["cat", KNOBS[name]], timeout=30).stdout)
-            _write(transport, KNOBS[name], value)
+            write_value(transport, KNOBS[name], value)
             now = knob_value(transport.run(["cat", KNOBS[name]], timeout=30).stdout)
             if now != value:
                 raise ValueError(f"{KNOBS[name]}: wrote {value!r}, reads back {now!r}")
         yield dict(previous)
     finally:
         for name, value in reversed(previous.items()):
-            _write(transport, KNOBS[name], value)
+            write_value(transport, KNOBS[name], value)
 
 
 def split_huge_pages(transport: Transport, pid: int, start: int, end: int) -> None:
     """Force a split of the THPs mapped at [start, end) in process pid (debugfs)."""
-    _write(transport, SPLIT_HUGE_PAGES, f"{pid},{start:#x},{end:#x}")
+    write_value(transport, SPLIT_HUGE_PAGES, f"{pid},{start:#x},{end:#x}")

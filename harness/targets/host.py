@@ -139,7 +139,7 @@ class HostTarget(ProbedTarget):
         if "initrd" in self._installed:
             argv.append(f"--initrd={self._installed['initrd']}")
         self.transport.run(argv, timeout=120)
-        has_systemd = self.transport.run(["sh", "-c", "test -d /run/systemd/system"], timeout=30, check=False).ok
+        has_systemd = self.transport.run(["test", "-d", "/run/systemd/system"], timeout=30, check=False).ok
         self._fire(["systemctl", "kexec"] if has_systemd else ["kexec", "-e"])
 
     def _grub(self, cmdline: str) -> None:

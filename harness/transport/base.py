@@ -99,6 +99,14 @@ def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
+def write_value(transport: Transport, path: str, value: str, timeout: float = 60) -> None:
+    """Write `value` and a newline to a file on the target (a sysfs or procfs knob, say).
+
+    The path and value travel as arguments of a fixed script, never inside a shell string.
+    """
+    transport.run(["sh", "-c", 'printf "%s\\n" "$2" > "$1"', "sh", path, value], timeout=timeout)
+
+
 def boot_id(transport: Transport, timeout: float = 30) -> str:
     """The target's boot_id; it changes on every boot, which is how reboots are detected."""
     r = transport.run(["cat", "/proc/sys/kernel/random/boot_id"], timeout=timeout)
