@@ -99,13 +99,9 @@
 #include "sev.h"
 
 #include "snp_util.h"
+#include "gmem_thp_util.h"
 
-#ifndef MADV_COLLAPSE
-#define MADV_COLLAPSE 25
-#endif
 
-#define SPLIT_DEBUGFS		"/sys/kernel/debug/split_huge_pages"
-#define THP_ENABLED		"/sys/kernel/mm/transparent_hugepage/enabled"
 
 #define DATA_SLOT		10
 #define DATA_GPA		((uint64_t)SZ_4G)	/* 2M aligned */
@@ -362,85 +358,6 @@ static uint8_t *hva;		/* host mapping of DATA_GPA, 2M aligned */
 static bool dead;		/* the guest terminated or KVM_RUN failed */
 static char dead_why[256];
 
-static const char * const vmstat_names[] = {
-	"thp_fault_alloc",
-	"thp_fault_fallback",
-	"thp_split_pmd",
-	"thp_split_page",
-	"thp_split_page_failed",
-	"thp_collapse_alloc",
-	"thp_collapse_alloc_failed",
-};
-#define NR_VMSTAT	ARRAY_SIZE(vmstat_names)
-#define VMSTAT_SPLIT_PAGE	3
-#define VMSTAT_COLLAPSE_ALLOC	5
-
-struct vmstat {
-	long val[NR_VMSTAT];	/* -1: not in /proc/vmstat */
-};
-
-static void vmstat_read(struct vmstat *s)
-{
-	char name[64];
-	long val;
-	size_t i;
-	FILE *f;
-
-	for (i = 0; i < NR_VMSTAT; i++)
-		s->val[i] = -1;
-	f = fopen("/proc/vmstat", "r");
-	TEST_ASSERT(f, "fopen(/proc/vmstat): %s", strerror(errno));
-	while (fscanf(f, "%63s %ld", name, &val) == 2) {
-		for (i = 0; i < NR_VMSTAT; i++)
-			if (!strcmp(name, vmstat_names[i]))
-				s->val[i] = val;
-	}
-	fclose(f);
-}
-
-/* Delta of counter i, or -1 if the counter does not exist. */
-static long vmstat_delta(const struct vmstat *a, const struct vmstat *b, size_t i)
-{
-	if (a->val[i] < 0 || b->val[i] < 0)
-		return -1;
-	return b->val[i] - a->val[i];
-}
-
-static void vmstat_print(const struct vmstat *a, const struct vmstat *b)
-{
-	size_t i;
-
-	for (i = 0; i < NR_VMSTAT; i++) {
-		long d = vmstat_delta(a, b, i);
-
-		if (d < 0)
-			ksft_print_msg("vmstat %s: n/a\n", vmstat_names[i]);
-		else
-			ksft_print_msg("vmstat %s: +%ld\n", vmstat_names[i], d);
-	}
-}
-
-/* Sum of AnonHugePages (kB) of the VMAs of this process overlapping [start, end). */
-static long anon_huge_kb(uintptr_t start, uintptr_t end)
-{
-	unsigned long vs, ve, kb;
-	bool in = false;
-	char line[512];
-	long total = 0;
-	FILE *f;
-
-	f = fopen("/proc/self/smaps", "r");
-	TEST_ASSERT(f, "fopen(/proc/self/smaps): %s", strerror(errno));
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%lx-%lx ", &vs, &ve) == 2 && strchr(line, '-') < strchr(line, ' '))
-			in = vs < end && ve > start;
-		else if (in && sscanf(line, "AnonHugePages: %lu kB", &kb) == 1)
-			total += kb;
-	}
-	fclose(f);
-	return total;
-}
-
 static long report_anon_huge(void)
 {
 	long kb = anon_huge_kb((uintptr_t)hva, (uintptr_t)hva + DATA_SIZE);
@@ -636,42 +553,6 @@ static void report_skip(int idx, const char *why)
 	ksft_test_result_code(KSFT_SKIP, subtests[idx], "%s", why);
 }
 
-/* Write "<pid>,0x<start>,0x<end>" to split_huge_pages. 0 or an errno. */
-static int force_split(void)
-{
-	char buf[128];
-	ssize_t n;
-	int fd, len, err = 0;
-
-	len = snprintf(buf, sizeof(buf), "%d,0x%lx,0x%lx", getpid(),
-		       (unsigned long)hva, (unsigned long)hva + DATA_SIZE);
-	fd = open(SPLIT_DEBUGFS, O_WRONLY);
-	if (fd < 0)
-		return errno;
-	n = write(fd, buf, len);
-	if (n < 0)
-		err = errno;
-	else if (n != len)
-		err = EIO;
-	close(fd);
-	return err;
-}
-
-/* madvise(MADV_COLLAPSE), retrying EAGAIN. 0 or an errno. */
-static int force_collapse(void)
-{
-	int i;
-
-	for (i = 0; i < 5; i++) {
-		if (!madvise(hva, DATA_SIZE, MADV_COLLAPSE))
-			return 0;
-		if (errno != EAGAIN)
-			return errno;
-		usleep(10000);
-	}
-	return EAGAIN;
-}
-
 static const long thp_kb = DATA_SIZE / 1024;
 
 /* The split, with its checks: every THP mapped before it must have been split. */
@@ -683,7 +564,7 @@ static void split_and_check(struct verdict *v, uint8_t host_pattern)
 
 	kb_before = anon_huge_kb((uintptr_t)hva, (uintptr_t)hva + DATA_SIZE);
 	vmstat_read(&before);
-	err = force_split();
+	err = thp_force_split(hva, DATA_SIZE);
 	vmstat_read(&after);
 	vmstat_print(&before, &after);
 	kb_after = report_anon_huge();
@@ -704,7 +585,7 @@ static bool collapse_and_check(struct verdict *v, uint8_t host_pattern)
 	int err;
 
 	vmstat_read(&before);
-	err = force_collapse();
+	err = thp_force_collapse(hva, DATA_SIZE);
 	vmstat_read(&after);
 	if (err == EINVAL) {
 		snprintf(skip_reason, sizeof(skip_reason),
@@ -721,32 +602,6 @@ static bool collapse_and_check(struct verdict *v, uint8_t host_pattern)
 		      vmstat_delta(&before, &after, VMSTAT_COLLAPSE_ALLOC), NR_THPS);
 	host_data_check(v, host_pattern, "after the collapse");
 	return true;
-}
-
-static void require_split_debugfs(void)
-{
-	int fd;
-
-	if (access(SPLIT_DEBUGFS, F_OK))
-		ksft_exit_skip("%s: %s (debugfs not mounted or no THP split support)\n",
-			       SPLIT_DEBUGFS, strerror(errno));
-	fd = open(SPLIT_DEBUGFS, O_WRONLY);
-	if (fd < 0)
-		ksft_exit_skip("%s not writable: %s\n", SPLIT_DEBUGFS, strerror(errno));
-	close(fd);
-}
-
-static bool thp_never(void)
-{
-	char buf[128] = "";
-	FILE *f = fopen(THP_ENABLED, "r");
-
-	if (!f)
-		return true;
-	if (!fgets(buf, sizeof(buf), f))
-		buf[0] = '\0';
-	fclose(f);
-	return strstr(buf, "[never]") != NULL;
 }
 
 int main(void)
