@@ -434,57 +434,7 @@ struct ctx {
 	bool failed;
 };
 
-static __printf(2, 3) void fail(struct ctx *c, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!c->failed) {
-		va_start(ap, fmt);
-		printf("# ");
-		vprintf(fmt, ap);
-		printf("\n");
-		va_end(ap);
-	}
-	c->failed = true;
-}
-
-static int set_attrs(struct ctx *c, uint64_t gpa, uint64_t size, bool private)
-{
-	struct kvm_memory_attributes attr = {
-		.attributes = private ? KVM_MEMORY_ATTRIBUTE_PRIVATE : 0,
-		.address = gpa,
-		.size = size,
-	};
-	int r = __vm_ioctl(c->vm, KVM_SET_MEMORY_ATTRIBUTES, &attr);
-
-	if (r)
-		fail(c, "KVM_SET_MEMORY_ATTRIBUTES(gpa 0x%lx, size 0x%lx, %s) failed: %s",
-		     gpa, size, private ? "private" : "shared", strerror(errno));
-	return r;
-}
-
-static void host_check_mem(struct ctx *c, uint64_t gpa, uint64_t size, uint8_t pattern)
-{
-	uint8_t *hva = addr_gpa2hva(c->vm, gpa);
-	uint64_t i;
-
-	for (i = 0; i < size; i++) {
-		if (hva[i] != pattern) {
-			fail(c, "host mapping: gpa 0x%lx holds 0x%x, expected 0x%x",
-			     gpa + i, hva[i], pattern);
-			return;
-		}
-	}
-}
-
-static void host_punch(struct ctx *c, uint64_t gpa, uint64_t size)
-{
-	uint64_t off = c->gmem_offset + (gpa - DATA_GPA);
-
-	if (fallocate(c->gmem_fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, off, size))
-		fail(c, "fallocate(PUNCH_HOLE, gmem offset 0x%lx, 0x%lx) failed: %s",
-		     off, size, strerror(errno));
-}
+#include "gmem_conv_util.h"
 
 /* A mailbox request; returns 1 for SYNC_NEXT, 2 for SYNC_DONE, 0 to go on. */
 static int handle_doorbell(struct ctx *c)
