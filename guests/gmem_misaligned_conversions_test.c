@@ -49,6 +49,9 @@
 
 static const uint64_t gmem_offsets[] = { 0, PAGE_SIZE, SZ_1M, SZ_2M - PAGE_SIZE };
 
+/* -f: KVM_CREATE_GUEST_MEMFD flags for the data slot (e.g. a series' huge-folio flag). */
+static uint64_t gmem_create_flags;
+
 static const struct range_kind {
 	const char *name;
 	uint64_t start;	/* relative to DATA_GPA */
@@ -358,7 +361,7 @@ static void test_conversions_at_offset(uint64_t off, unsigned int *pattern_seed)
 
 	c.vm = vm_create_shape_with_one_vcpu(shape, &c.vcpu, guest_code);
 	vm_enable_cap(c.vm, KVM_CAP_EXIT_HYPERCALL, BIT_ULL(KVM_HC_MAP_GPA_RANGE));
-	c.gmem_fd = vm_create_guest_memfd(c.vm, GMEM_SIZE, 0);
+	c.gmem_fd = vm_create_guest_memfd(c.vm, GMEM_SIZE, gmem_create_flags);
 	vm_mem_add(c.vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT,
 		   SLOT_SIZE / PAGE_SIZE, KVM_MEM_GUEST_MEMFD, c.gmem_fd, off);
 	virt_map(c.vm, DATA_GPA, DATA_GPA, SLOT_SIZE / PAGE_SIZE);
@@ -495,11 +498,22 @@ static void test_bindings_at_offset(uint64_t x)
 	kvm_vm_free(vm);
 }
 
-int main(void)
+int main(int argc, char *argv[])
 {
 	unsigned int seed = 0, i;
+	int opt;
+
+	while ((opt = getopt(argc, argv, "f:")) != -1) {
+		if (opt != 'f') {
+			fprintf(stderr, "usage: %s [-f GMEM_CREATE_FLAGS]\n", argv[0]);
+			exit(KSFT_FAIL);
+		}
+		gmem_create_flags = strtoull(optarg, NULL, 0);
+	}
 
 	ksft_print_header();
+	if (gmem_create_flags)
+		ksft_print_msg("guest_memfd flags 0x%lx for the data slots\n", gmem_create_flags);
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_GUEST_MEMFD));
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_EXIT_HYPERCALL) & BIT(KVM_HC_MAP_GPA_RANGE));

@@ -23,6 +23,7 @@
  *   ok 4 gmem_flags
  *   ok 5 create_sw_protected_vm
  *   ok 6 create_snp_vm # SKIP <reason>
+ *   ok 7 gmem_huge_folios # SKIP <reason>
  *
  * Test names and their order are fixed. Verdicts:
  *   ok         the feature is present and works;
@@ -71,17 +72,35 @@
  *                           bits refused with an errno other than EINVAL on
  *                           gmem_vm_type (a known flag that failed for
  *                           another reason, e.g. ENOMEM)
+ *   gmem_huge_flags_<t>     "0x<hex>" or "none": the first creation flags
+ *                           (0, then each accepted flag bit alone) under
+ *                           which fallocating 4 MiB of a fresh guest_memfd
+ *                           put at least 2 MiB into huge pages, as
+ *                           /proc/meminfo counts them (FileHugePages for
+ *                           THP folios in the page cache, HugePages_Free
+ *                           for hugetlb); for every <t> that created one
+ *   gmem_huge_flags         the same on gmem_vm_type
+ *   gmem_huge_kb            kB that fallocate put into huge pages under
+ *                           gmem_huge_flags (the most seen if "none")
+ *
+ * Mainline (6.12) guest_memfd allocates only order-0 folios; series that
+ * add huge folios name their flag differently (or need none), which is why
+ * huge folios are measured rather than looked up.  A concurrent THP user on
+ * the host could inflate the measurement; the harness runs it on an idle
+ * target.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/utsname.h>
 
+#include <linux/falloc.h>
 #include <linux/kvm.h>
 
 #include "kvm_util.h"
@@ -89,7 +108,8 @@
 
 #define GMEM_PROBE_SIZE		(2UL << 20)
 #define NR_VM_TYPES		5
-#define NR_TESTS		6
+#define NR_TESTS		7
+#define HUGE_PROBE_SIZE		(4UL << 20)
 
 static const char * const vm_type_names[NR_VM_TYPES] = {
 	[KVM_X86_DEFAULT_VM]		= "default",
@@ -111,6 +131,8 @@ struct vm_facts {
 	int gmem_errno;			/* 2 MiB guest_memfd, flags 0 */
 	uint64_t gmem_flags;		/* flag bits accepted alone */
 	int flag_errno[64];		/* per bit: 0 accepted, else errno */
+	int64_t huge_flags;		/* -1: no flags gave huge folios */
+	long huge_kb;			/* kB put into huge pages (max seen) */
 };
 
 static struct vm_facts vms[NR_VM_TYPES];
@@ -209,6 +231,81 @@ static int create_gmem(int vm_fd, uint64_t size, uint64_t flags)
 	return fd < 0 ? -errno : fd;
 }
 
+/* A /proc/meminfo field in kB (hugetlb counts are in pages), or -1. */
+static long meminfo(const char *field)
+{
+	size_t len = strlen(field);
+	char line[128];
+	long value = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, field, len) && line[len] == ':') {
+			value = strtol(line + len + 1, NULL, 10);
+			break;
+		}
+	}
+	fclose(f);
+	return value;
+}
+
+/* kB of memory in huge pages: file THPs plus hugetlb pages in use. */
+static long huge_backed_kb(void)
+{
+	long thp = meminfo("FileHugePages"), total = meminfo("HugePages_Total");
+	long free = meminfo("HugePages_Free"), size = meminfo("Hugepagesize");
+	long kb = thp > 0 ? thp : 0;
+
+	if (total > 0 && free >= 0 && size > 0)
+		kb += (total - free) * size;
+	return kb;
+}
+
+/* kB that fallocating a fresh guest_memfd put into huge pages, or -errno. */
+static long gmem_huge_kb(int vm_fd, uint64_t flags)
+{
+	int fd = create_gmem(vm_fd, HUGE_PROBE_SIZE, flags);
+	long before, after;
+
+	if (fd < 0)
+		return fd;
+	before = huge_backed_kb();
+	if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, HUGE_PROBE_SIZE)) {
+		int e = errno;
+
+		close(fd);
+		return -e;
+	}
+	after = huge_backed_kb();
+	close(fd);
+	return after > before ? after - before : 0;
+}
+
+static void probe_huge_folios(int vm_fd, struct vm_facts *f)
+{
+	long kb = gmem_huge_kb(vm_fd, 0);
+	int bit;
+
+	f->huge_flags = -1;
+	for (bit = -1; bit < 64; bit++) {
+		uint64_t flags = bit < 0 ? 0 : 1ULL << bit;
+
+		if (bit >= 0) {
+			if (!(f->gmem_flags & flags))
+				continue;
+			kb = gmem_huge_kb(vm_fd, flags);
+		}
+		if (kb > f->huge_kb)
+			f->huge_kb = kb;
+		if (kb >= 2048) {
+			f->huge_flags = flags;
+			return;
+		}
+	}
+}
+
 static void probe_vm_type(int kvm_fd, int type)
 {
 	struct vm_facts *f = &vms[type];
@@ -240,6 +337,7 @@ static void probe_vm_type(int kvm_fd, int type)
 			f->flag_errno[bit] = -fd;
 		}
 	}
+	probe_huge_folios(vm_fd, f);
 	close(vm_fd);
 }
 
@@ -371,6 +469,40 @@ static void report_gmem_flags(int gmem_type)
 	report(KSFT_PASS, "gmem_flags", NULL);
 }
 
+static void report_huge_folios(int gmem_type)
+{
+	char reason[160];
+	int t;
+
+	for (t = 0; t < NR_VM_TYPES; t++) {
+		if (vms[t].create_errno || vms[t].gmem_errno)
+			continue;
+		if (vms[t].huge_flags < 0)
+			printf("# gmem_huge_flags_%s: none\n", vm_type_names[t]);
+		else
+			printf("# gmem_huge_flags_%s: 0x%lx\n", vm_type_names[t],
+			       (unsigned long)vms[t].huge_flags);
+	}
+	if (gmem_type < 0) {
+		report(KSFT_SKIP, "gmem_huge_folios", "no VM type can create a guest_memfd");
+		return;
+	}
+	t = gmem_type;
+	if (vms[t].huge_flags < 0)
+		printf("# gmem_huge_flags: none\n");
+	else
+		printf("# gmem_huge_flags: 0x%lx\n", (unsigned long)vms[t].huge_flags);
+	printf("# gmem_huge_kb: %ld\n", vms[t].huge_kb);
+	if (vms[t].huge_flags >= 0) {
+		report(KSFT_PASS, "gmem_huge_folios", NULL);
+		return;
+	}
+	snprintf(reason, sizeof(reason),
+		 "guest_memfd allocated only small folios (fallocate of 4 MiB: %ld kB huge, with flags 0 and each accepted flag)",
+		 vms[t].huge_kb);
+	report(KSFT_SKIP, "gmem_huge_folios", reason);
+}
+
 static void report_create_vm(uint64_t vm_types, int type, const char *name)
 {
 	int e = vms[type].create_errno;
@@ -419,6 +551,7 @@ int main(void)
 	report_gmem_flags(gmem_type);
 	report_create_vm(vm_types, KVM_X86_SW_PROTECTED_VM, "create_sw_protected_vm");
 	report_create_vm(vm_types, KVM_X86_SNP_VM, "create_snp_vm");
+	report_huge_folios(gmem_type);
 
 	close(kvm_fd);
 	ksft_finished();

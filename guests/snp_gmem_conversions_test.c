@@ -63,13 +63,13 @@
  *    2M-aligned gfn is not 2M aligned, so no 2M folio can back it and a 2M
  *    entry there is a bug: the subtest fails.
  *
- * TODO(huge gmem): with huge guest_memfd folios, offset 0 should yield 2M
- * RMP entries (2M PVALIDATE succeeds) for the 2m range.  Mainline 6.12 has
- * only 4K gmem folios and no uAPI (KVM_CREATE_GUEST_MEMFD flag or cap) that
- * says whether a kernel has huge ones, so at offset 0 the 2M outcome is only
- * reported ("# ... pvalidate 2M ok N"), never required.  When a series
- * exposes such a flag (kvm_caps_probe's gmem_flags would show it), create
- * the gmem with it here and require 2M success at offset 0.
+ * Huge guest_memfd folios (-H, with -f FLAGS for the creation flags a
+ * series needs; kvm_caps_probe measures both).  Mainline 6.12 has only 4K
+ * gmem folios, so by default the 2M outcome at offset 0 is only reported
+ * ("# ... pvalidate 2M ok N").  With -H, one more subtest,
+ * snp_offset_0x0_2m_rmp_entry_with_huge_folios, requires at least one 2M
+ * PVALIDATE to succeed at offset 0 (a 2M RMP entry is possible there), while
+ * the misaligned offsets still forbid it (impossible there).
  *
  * Skips (KSFT_SKIP, with the reason) without KVM_X86_SNP_VM in
  * KVM_CAP_VM_TYPES, without a usable /dev/sev, guest_memfd, memory
@@ -122,6 +122,11 @@ static const struct range_kind {
 #define NR_OFFSETS	ARRAY_SIZE(gmem_offsets)
 #define NR_RANGES	ARRAY_SIZE(range_kinds)
 #define NR_TESTS	(NR_OFFSETS * NR_RANGES * 2)
+
+/* -f / -H, see the top comment */
+static uint64_t gmem_create_flags;
+static bool require_huge;
+static uint64_t pv_2m_ok_at_offset_0;
 
 enum {
 	SYNC_NEXT = 0x1000,	/* guest finished a subtest, wants the next one */
@@ -546,7 +551,7 @@ static void test_conversions_at_offset(uint64_t off, unsigned int *pattern_seed)
 
 	c.vm = snpt_vm_create(&c.vcpu, guest_code, SLOT0_PAGES, SLOT0_EXTRA_PAGES);
 	vm_enable_cap(c.vm, KVM_CAP_EXIT_HYPERCALL, BIT_ULL(KVM_HC_MAP_GPA_RANGE));
-	c.gmem_fd = vm_create_guest_memfd(c.vm, GMEM_SIZE, 0);
+	c.gmem_fd = vm_create_guest_memfd(c.vm, GMEM_SIZE, gmem_create_flags);
 	vm_mem_add(c.vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT,
 		   SLOT_SIZE / PAGE_SIZE, KVM_MEM_GUEST_MEMFD, c.gmem_fd, off);
 	snpt_map_shared_and_private_views(c.vm, DATA_SLOT, DATA_GPA, SLOT_SIZE, PRIV_GVA);
@@ -603,6 +608,8 @@ static void test_conversions_at_offset(uint64_t off, unsigned int *pattern_seed)
 			ksft_print_msg("%s: pvalidate 2M ok %lu, 2M failed->4K %lu (last rc %lu), 4K %lu; PSC exits %lu\n",
 				       name, c.mb->pv_2m_ok, c.mb->pv_2m_fallback,
 				       c.mb->pv_2m_last_rc, c.mb->pv_4k, c.psc_exits);
+			if (!off)
+				pv_2m_ok_at_offset_0 += c.mb->pv_2m_ok;
 			ksft_test_result(!c.failed, "%s\n", name);
 		}
 	}
@@ -616,9 +623,21 @@ static void test_conversions_at_offset(uint64_t off, unsigned int *pattern_seed)
 	close(c.gmem_fd);
 }
 
-int main(void)
+int main(int argc, char *argv[])
 {
 	unsigned int seed = 0, i;
+	int opt;
+
+	while ((opt = getopt(argc, argv, "f:H")) != -1) {
+		if (opt == 'f') {
+			gmem_create_flags = strtoull(optarg, NULL, 0);
+		} else if (opt == 'H') {
+			require_huge = true;
+		} else {
+			fprintf(stderr, "usage: %s [-f GMEM_CREATE_FLAGS] [-H]\n", argv[0]);
+			exit(KSFT_FAIL);
+		}
+	}
 
 	ksft_print_header();
 	snpt_require_snp();
@@ -629,8 +648,14 @@ int main(void)
 	if (!(kvm_check_cap(KVM_CAP_EXIT_HYPERCALL) & BIT(KVM_HC_MAP_GPA_RANGE)))
 		ksft_exit_skip("KVM_CAP_EXIT_HYPERCALL lacks KVM_HC_MAP_GPA_RANGE\n");
 
-	ksft_set_plan(NR_TESTS);
+	ksft_set_plan(NR_TESTS + require_huge);
 	for (i = 0; i < NR_OFFSETS; i++)
 		test_conversions_at_offset(gmem_offsets[i], &seed);
+	if (require_huge) {
+		ksft_print_msg("offset 0x0: %lu successful 2M PVALIDATEs with huge folios\n",
+			       pv_2m_ok_at_offset_0);
+		ksft_test_result(pv_2m_ok_at_offset_0 > 0,
+				 "snp_offset_0x0_2m_rmp_entry_with_huge_folios\n");
+	}
 	ksft_finished();
 }

@@ -33,7 +33,7 @@ class ProbedTarget:
         if self._caps is None or refresh:
             from harness.targets.capabilities import capabilities
 
-            self._caps = capabilities(self.transport)
+            self._caps = capabilities(self.transport, self.selftests_dir)
         return self._caps
 
     def close(self) -> None:

@@ -1,13 +1,19 @@
-"""Preflight verdicts: HostFacts -> SNP checks and named capabilities.
+"""Preflight verdicts: HostFacts (+ kvm_caps_probe facts) -> SNP checks and named capabilities.
 
-evaluate() and Capabilities are pure; collect_hostcheck()/capabilities() at
-the bottom are the only part of the host check that does I/O.
+evaluate() and Capabilities are pure; collect_hostcheck()/run_kvm_probe()/
+capabilities() at the bottom are the only part that does I/O.
+
+Two sources: the preflight script reads config, sysfs and dmesg (works on
+any kernel, no build needed); guests/kvm_caps_probe asks KVM itself (VM
+creation, guest_memfd folio sizes) once the build's selftests are on the
+target. Where the probe ran, its answer overrides what config suggests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -176,6 +182,7 @@ KNOWN_CAPS = {
     "split_huge_pages": "debugfs split_huge_pages, for forced THP splits",
     "tracefs": "tracefs mounted, for tracepoints",
     "kvm_rmp_fault": "the kvm:kvm_rmp_fault tracepoint",
+    "gmem_hugepages": "guest_memfd backed by 2 MiB folios (measured by guests/kvm_caps_probe)",
 }
 Gap = tuple[str, str]  # (what is missing, how to get it)
 
@@ -210,21 +217,42 @@ def _config_gap(c: Capabilities, names: tuple[str, ...], how: str) -> Gap | None
     return " and ".join(f"CONFIG_{n}={c.facts.config.get(n, 'n')}" for n in names), how
 
 
+def _probe_vm_gap(c: Capabilities, vm_type: str, how: str) -> Gap | None:
+    """The probe's own KVM_CREATE_VM answer for vm_type, where the probe ran."""
+    result = c.kvm.get(f"create_vm_{vm_type}") if c.kvm is not None else None
+    if result is None or result == "ok":
+        return None
+    return f"kvm_caps_probe: KVM_CREATE_VM({vm_type}) returned {result}", how
+
+
 def _sw_protected_gap(c: Capabilities) -> Gap | None:
-    return (_kvm_gap(c) or _config_gap(c, ("KVM_SW_PROTECTED_VM",), "build with CONFIG_EXPERT=y "
-                                      "CONFIG_KVM_SW_PROTECTED_VM=y (kernel-patches/configs/)")
+    how = "build with CONFIG_EXPERT=y CONFIG_KVM_SW_PROTECTED_VM=y (kernel-patches/configs/)"
+    return (_kvm_gap(c) or _config_gap(c, ("KVM_SW_PROTECTED_VM",), how)
             or (("kvm tdp_mmu=N: KVM offers SW_PROTECTED_VM only with the TDP MMU",
                  "use NPT (kvm_amd npt=1) and load kvm with tdp_mmu=1")
-                if c.facts.kvm_params.get("tdp_mmu") == "N" else None))
+                if c.facts.kvm_params.get("tdp_mmu") == "N" else None)
+            or _probe_vm_gap(c, "sw_protected", how))
 
 
 def _snp_gap(c: Capabilities) -> Gap | None:
     bad = [x for x in c.checks if not x.ok]
     if not bad:
-        return None
+        return _probe_vm_gap(c, "snp", "check dmesg for SEV-SNP init errors; `snp-harness check`")
     # The first failing check is the one to fix first; `snp-harness check` lists them all.
     return (f"SEV-SNP host not ready ({len(bad)} check(s) failed, first {bad[0].name}: {bad[0].detail})",
             f"{bad[0].fix}; `snp-harness check` shows every missing piece")
+
+
+def _gmem_huge_gap(c: Capabilities) -> Gap | None:
+    if c.kvm is None:
+        return ("kvm_caps_probe has not run: the build's selftests are not on the target",
+                "install the build on the target (--snp-install; the QEMU target always has it)")
+    if c.kvm.get("gmem_huge_flags", "none") != "none":
+        return None
+    return (f"guest_memfd allocates only 4K folios on {c.kvm.get('kernel_release', 'this kernel')} "
+            f"(fallocate of 4 MiB: {c.kvm.get('gmem_huge_kb', '?')} kB in huge pages; mainline 6.12 has none)",
+            "apply a series that adds huge guest_memfd folios (kernel-patches/), "
+            "with CONFIG_TRANSPARENT_HUGEPAGE=y")
 
 
 def _split_gap(c: Capabilities) -> Gap | None:
@@ -268,6 +296,7 @@ _PROBES: dict[str, Callable[[Capabilities], Gap | None]] = {
         "no tracefs events/ under /sys/kernel/tracing or /sys/kernel/debug/tracing",
         "mount -t tracefs nodev /sys/kernel/tracing as root (CONFIG_FTRACE=y)"),
     "kvm_rmp_fault": _rmp_fault_gap,
+    "gmem_hugepages": lambda c: _PROBES["guest_memfd"](c) or _gmem_huge_gap(c),
 }
 
 
@@ -275,6 +304,7 @@ _PROBES: dict[str, Callable[[Capabilities], Gap | None]] = {
 class Capabilities:
     facts: HostFacts
     checks: tuple[Check, ...]
+    kvm: dict[str, str] | None = None  # kvm_caps_probe's "# key: value" facts, where it ran
 
     @property
     def snp_ready(self) -> bool:
@@ -294,7 +324,13 @@ class Capabilities:
     def as_dict(self) -> dict:
         return {"snp_ready": self.snp_ready, "checks": [dataclasses.asdict(c) for c in self.checks],
                 "capabilities": {k: self.has(k) for k in KNOWN_CAPS},
-                "facts": _jsonable(dataclasses.asdict(self.facts))}
+                "facts": _jsonable(dataclasses.asdict(self.facts)), "kvm_probe": self.kvm}
+
+    @property
+    def gmem_huge_flags(self) -> str | None:
+        """KVM_CREATE_GUEST_MEMFD flags ("0x...") that give huge folios, or None."""
+        flags = (self.kvm or {}).get("gmem_huge_flags", "none")
+        return None if flags == "none" else flags
 
     def properties(self) -> dict[str, str]:
         """Short facts for JUnit suite properties."""
@@ -308,9 +344,13 @@ class Capabilities:
               "unknown" if f.dmesg_readable else "unknown (dmesg unreadable)")
         amd = " ".join(f"{k}={f.kvm_amd_params[k]}" for k in ("sev", "sev_es", "sev_snp", "npt",
                                                               "nested") if k in f.kvm_amd_params)
-        return {"kernel": f.kernel_release or "unknown", "cpu": cpu,
-                "microcode": f.microcode or "unknown", "sev_firmware": fw,
-                "kvm_amd": amd or "not loaded"}
+        props = {"kernel": f.kernel_release or "unknown", "cpu": cpu,
+                 "microcode": f.microcode or "unknown", "sev_firmware": fw,
+                 "kvm_amd": amd or "not loaded"}
+        if self.kvm is not None:
+            props["vm_types"] = self.kvm.get("vm_types", "unknown")
+            props["gmem_huge_flags"] = self.kvm.get("gmem_huge_flags", "none")
+        return props
 
 
 def _jsonable(value):
@@ -328,8 +368,32 @@ def collect_hostcheck(transport: Transport, timeout: float = 60) -> str:
     return transport.run(["sh", "-c", COLLECT_SCRIPT], timeout=timeout, check=True).stdout
 
 
-def capabilities(transport: Transport) -> Capabilities:
+_PROBE_FACT = re.compile(r"^# ([a-z][a-z0-9_]*): ?(.*)$")
+KVM_PROBE = "guests/kvm_caps_probe"
+
+
+def parse_kvm_probe(stdout: str) -> dict[str, str]:
+    """kvm_caps_probe's facts (its documented "# key: value" lines; first value wins)."""
+    facts: dict[str, str] = {}
+    for m in filter(None, map(_PROBE_FACT.match, stdout.splitlines())):
+        facts.setdefault(m.group(1), m.group(2).strip())
+    return facts
+
+
+def run_kvm_probe(transport: Transport, selftests_dir: str, timeout: float = 120) -> dict[str, str] | None:
+    """The probe's facts; None when it is not installed or /dev/kvm can't be opened (exit 4)."""
+    r = transport.run([f"{selftests_dir.rstrip('/')}/{KVM_PROBE}"], timeout=timeout)
+    if r.exit_status in (126, 127) or r.exit_status == 4:
+        log.debug("kvm_caps_probe on %s: exit %s", transport.name, r.exit_status)
+        return None
+    # 0 or 1 (a feature advertised but broken): the facts are valid either way.
+    return parse_kvm_probe(r.stdout)
+
+
+def capabilities(transport: Transport, selftests_dir: str | None = None) -> Capabilities:
     caps = evaluate(parse_hostcheck(collect_hostcheck(transport)))
     for problem in caps.facts.problems:
         log.debug("hostcheck on %s: %s", transport.name, problem)
+    if selftests_dir:
+        caps = dataclasses.replace(caps, kvm=run_kvm_probe(transport, selftests_dir))
     return caps

@@ -94,6 +94,7 @@ class HostTarget(ProbedTarget):
         t.run(["mkdir", "-p", f"{remote}/selftests"], timeout=60)
         t.run(["tar", "-xzf", f"{remote}/selftests.tar.gz", "-C", f"{remote}/selftests"], timeout=600)
         self.selftests_dir = f"{remote}/selftests"
+        self._caps = None  # the probe can run now
         self._installed = {name: f"{remote}/{name}" for name in files}
         self._version = bzimage_version(build.bzimage.read_bytes())
         log.info("%s: installed %s in %s", self.name, build.key, remote)
@@ -117,6 +118,7 @@ class HostTarget(ProbedTarget):
             else:
                 self._grub(cmdline)
             self._wait_up(old, self.boot_timeout_s)
+            self._caps = None  # a new kernel: probe again
             proc_version = self.transport.run(["cat", "/proc/version"], timeout=30).stdout.strip()
             if not matches_version(self._version, proc_version):
                 raise BootError(f"{self.name} came back, but not on the build: /proc/version is "

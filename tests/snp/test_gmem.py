@@ -11,6 +11,14 @@ def test_gmem_misaligned_conversions(selftest):
     assert r.ktap is not None and r.ktap.counts.passed > 0
 
 
+@pytest.mark.needs("sw_protected_vm", "gmem_hugepages")
+def test_gmem_misaligned_conversions_huge_folios(selftest, target):
+    """The same conversions with guest_memfd on huge folios (a series under test adds them)."""
+    r = selftest("guests/gmem_misaligned_conversions_test",
+                 "-f", target.capabilities().gmem_huge_flags, timeout=600)
+    assert r.ktap is not None and r.ktap.counts.passed > 0
+
+
 @pytest.mark.needs("sw_protected_vm", "guest_memfd", "thp", "split_huge_pages")
 def test_gmem_thp_split_collapse(selftest, request):
     r = selftest("guests/gmem_thp_split_collapse_test", timeout=600)
@@ -29,6 +37,15 @@ def test_snp_gmem_conversions(selftest):
     Compiled in every build; it has not run on SNP hardware yet (see README).
     """
     r = selftest("guests/snp_gmem_conversions_test", timeout=900)
+    assert r.ktap is not None and r.ktap.counts.passed > 0
+
+
+@pytest.mark.needs("snp", "gmem_hugepages")
+def test_snp_gmem_conversions_huge_folios(selftest, target):
+    """With huge gmem folios a 2M RMP entry must be possible at the 2M-aligned offset (-H) and
+    never at the misaligned ones. Never run on SNP hardware yet."""
+    r = selftest("guests/snp_gmem_conversions_test",
+                 "-H", "-f", target.capabilities().gmem_huge_flags, timeout=900)
     assert r.ktap is not None and r.ktap.counts.passed > 0
 
 

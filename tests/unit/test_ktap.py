@@ -24,6 +24,7 @@ def parse(text: str) -> TestNode:
 
 TABLE = [
     (PROBE, Status.PASS, Counts(passed=3, skipped=3)),
+    ("ktap/kvm_caps_probe-qemu-tcg-6.12.log", Status.PASS, Counts(passed=5, skipped=2)),
     ("ktap/kvm_caps_probe-kvm-pvm-6.18-truncated.log", Status.CRASHED, Counts(passed=2, crashed=4, errors=1)),
     ("ktap/kunit-all_passed_nested.log", Status.PASS, Counts(passed=7)),
     ("ktap/kunit-failure.log", Status.FAIL, Counts(passed=9, failed=1)),
