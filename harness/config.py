@@ -60,6 +60,7 @@ class KernelConfig:
     tree: Path | None = None
     series: str | None = None
     fragments: tuple[str, ...] = ()
+    instrumentation: bool = True  # apply kernel-patches/instrumentation/ (the RMP dump) after the series
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def _build(path: Path | None, data: dict[str, Any]) -> HarnessConfig:
         tree=_opt(k, "kernel", "tree", as_path, None),
         series=_opt(k, "kernel", "series", _string, None),
         fragments=_opt(k, "kernel", "fragments", _strings, ()),
+        instrumentation=_opt(k, "kernel", "instrumentation", _bool, True),
     )
 
     a = _table(data.get("artifacts", {}), "artifacts", _ARTIFACTS)
@@ -238,6 +240,12 @@ def _strings(value: object, key: str) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise _expected(f"{key}[{i}]", "a string", item)
     return tuple(value)
+
+
+def _bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _expected(key, "true or false", value)
+    return value
 
 
 def _port(value: object, key: str) -> int:

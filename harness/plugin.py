@@ -15,6 +15,8 @@ from harness.targets.select import TARGET_KINDS, open_target, target_ids
 
 _CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 _IDS_KEY = pytest.StashKey[list]()
+_EVIDENCE_KEY = pytest.StashKey[tuple]()  # (TargetEvidence, Window) of the running test
+_EVIDENCE_ERROR_KEY = pytest.StashKey[BaseException]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,6 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run directory for this session (default: a new <artifacts root>/<utc>-pytest/)")
     group.addoption("--snp-matrix", choices=("ci", "full"), default="ci",
                     help="conversion matrix: ci (each backing plain and at 4 memslots x 2 vCPUs) or full")
+    group.addoption("--snp-no-evidence", action="store_true",
+                    help="no per-test dmesg slices, splat checks or kvm_rmp_fault tracing")
     group.addoption("--snp-trust-new-host-key", action="store_true",
                     help="accept and record an unknown host key on first contact (never a changed one)")
 
@@ -145,12 +149,13 @@ def target(_snp_target_id, harness_config, pytestconfig, request, snp_run_dir, r
 
 @pytest.fixture(autouse=True)
 def _snp_needs(request: pytest.FixtureRequest) -> None:
-    marks = list(request.node.iter_markers("needs"))
-    if not marks:
+    if "target" not in request.fixturenames:
         return
     t = request.getfixturevalue("target")
+    # Every testcase of a target names it (and its node id), skipped ones too: reports group by them.
+    request.node.user_properties += [("target", t.name), ("nodeid", request.node.nodeid)]
     caps = t.capabilities()
-    for mark in marks:
+    for mark in request.node.iter_markers("needs"):
         for cap in mark.args:
             reason = caps.missing(cap)
             if reason:
@@ -187,9 +192,64 @@ def selftest(target, request, snp_run_dir):
 
 
 def _slug(nodeid: str) -> str:
-    import re
+    from harness.evidence.session import slug
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:200]
+    return slug(nodeid)
+
+
+@pytest.fixture(scope="session")
+def target_evidence(target, snp_run_dir):
+    """The target's kmsg follower and kvm_rmp_fault trace instance, for the whole session."""
+    from harness.evidence.session import TargetEvidence
+
+    ev = TargetEvidence(target, snp_run_dir / "targets" / _slug(target.name))
+    ev.start()
+    try:
+        yield ev
+    finally:
+        ev.close()
+
+
+@pytest.fixture(autouse=True)
+def _snp_evidence(request: pytest.FixtureRequest, _snp_needs):
+    """Around every test that drives a target: what the kernel said becomes part of the verdict.
+
+    The evidence is collected when the test body ends (pytest_runtest_makereport below), so a
+    splat can fail the test itself; an infrastructure failure while collecting is raised here,
+    in teardown, and so is reported as an error, never as a test failure.
+    """
+    if "target" not in request.fixturenames or request.config.getoption("--snp-no-evidence"):
+        yield
+        return
+    ev = request.getfixturevalue("target_evidence")
+    request.node.stash[_EVIDENCE_KEY] = (ev, ev.begin(request.node.nodeid))
+    yield
+    error = request.node.stash.get(_EVIDENCE_ERROR_KEY, None)
+    if error is not None:
+        raise error
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or _EVIDENCE_KEY not in item.stash:
+        return
+    ev, window = item.stash[_EVIDENCE_KEY]
+    del item.stash[_EVIDENCE_KEY]
+    try:
+        found = ev.end(window)
+    except Exception as e:  # raised again in the fixture's teardown: an error, never INTERNALERROR
+        item.stash[_EVIDENCE_ERROR_KEY] = e
+        return
+    item.user_properties.extend(found.properties)
+    message = found.failure
+    if message is None:
+        return
+    if rep.failed:  # keep the test's own failure first; the splat goes with it
+        rep.sections.append(("kernel splats", message))
+    else:
+        rep.outcome, rep.longrepr = "failed", message
 
 
 @pytest.fixture

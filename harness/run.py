@@ -16,21 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from harness.report.finish import finish_run
+from harness.report.junit import Case, read_cases
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    name: str
-    outcome: str  # passed | failed | error | skipped
-    message: str = ""
 
 
 @dataclass(frozen=True)
 class RunReport:
     run_dir: Path
     pytest_exit: int
-    cases: tuple[CaseResult, ...] = field(default_factory=tuple)
+    cases: tuple[Case, ...] = field(default_factory=tuple)
+    summary: tuple[Path, ...] = ()          # junit.xml (enriched), summary.md, summary.html, maps
+    report_problems: tuple[str, ...] = ()
 
     def count(self, outcome: str) -> int:
         return sum(1 for c in self.cases if c.outcome == outcome)
@@ -38,8 +36,10 @@ class RunReport:
 
 def pytest_argv(run_dir: Path, *, config: Path | None, hosts: Sequence[str], install: bool,
                 series: str | None, extra: Sequence[str]) -> list[str]:
-    argv = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests" / "snp"), "-m", "snp", "-v", "-rs",
-            "-p", "no:cacheprovider", f"--junitxml={run_dir / 'junit.xml'}", f"--snp-run-dir={run_dir}"]
+    # Test ids among the extras (a reproducer's `-- tests/snp/x.py::test[qemu://]`) replace the suite dir.
+    chosen = [a for a in extra if not a.startswith("-") and ("::" in a or a.endswith(".py"))]
+    suite = [] if chosen else [str(REPO_ROOT / "tests" / "snp")]
+    argv = [sys.executable, "-m", "pytest", *suite, "-m", "snp", "-v", "-rs", "-p", "no:cacheprovider", f"--junitxml={run_dir / 'junit.xml'}", f"--snp-run-dir={run_dir}"]
     if config:
         argv.append(f"--snp-config={config}")
     for h in hosts:
@@ -56,25 +56,10 @@ def run_suites(run_dir: Path, argv: list[str], metadata: dict) -> RunReport:
     start = time.monotonic()
     (run_dir / "metadata.json").write_text(json.dumps({**metadata, "pytest": shlex.join(argv)}, indent=2))
     rc = subprocess.call(argv, cwd=REPO_ROOT)
-    cases = read_junit(run_dir / "junit.xml")
+    cases = read_cases(run_dir / "junit.xml")
     meta = {**metadata, "pytest": shlex.join(argv), "pytest_exit": rc,
             "duration_s": round(time.monotonic() - start, 1),
             "counts": {o: sum(1 for c in cases if c.outcome == o) for o in ("passed", "failed", "error", "skipped")}}
     (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
-    return RunReport(run_dir, rc, tuple(cases))
-
-
-def read_junit(path: Path) -> list[CaseResult]:
-    from junitparser import Error, Failure, JUnitXml, Skipped
-
-    if not path.exists():
-        return []
-    out = []
-    for suite in JUnitXml.fromfile(str(path)):
-        for case in suite:
-            kinds = {type(r) for r in case.result}
-            outcome = ("error" if Error in kinds else "failed" if Failure in kinds
-                       else "skipped" if Skipped in kinds else "passed")
-            message = next((r.message or "" for r in case.result), "")
-            out.append(CaseResult(f"{case.classname}.{case.name}", outcome, message))
-    return out
+    finished = finish_run(run_dir)  # enriched JUnit + summary.md/html, offline from what was written
+    return RunReport(run_dir, rc, tuple(cases), finished.written, finished.problems)

@@ -8,6 +8,7 @@ atomically under the key.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from harness.errors import BuildError
 from harness.kernel import buildlog
 from harness.kernel.cache import BuildCache, BuildKey, compiler_version, files_digest, series_digest
 from harness.kernel.kconfig import ConfigRequest, make_config
-from harness.kernel.patches import Series, apply_series, reset_worktree
+from harness.kernel.patches import Series, apply_series, load_series, reset_worktree
 from harness.kernel.source import KernelSource, _git, file_lock, resolve_source, worktree_for
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FRAGMENT = REPO_ROOT / "kernel-patches" / "configs" / "local-target.config"
 GUESTS_DIR = REPO_ROOT / "guests"
+# Our own debugfs RMP dump (kernel-patches/instrumentation/README.md), applied after the series.
+INSTRUMENTATION_DIR = REPO_ROOT / "kernel-patches" / "instrumentation"
 BUILD_TIMEOUT_S = 4 * 3600  # a hung build is ended, not waited on forever
 
 # progress(phase, done, total): total is None when there is no earlier build to estimate from.
@@ -50,6 +53,17 @@ class BuildRequest:
     jobs: int = os.cpu_count() or 1
     make_args: tuple[str, ...] = ()
     guests_dir: Path = GUESTS_DIR
+    instrumentation: bool = True  # apply INSTRUMENTATION_DIR's series after `series`
+
+    def applied_series(self) -> Series | None:
+        """What gets applied to the base: the series under test, then the instrumentation."""
+        if not self.instrumentation:
+            return self.series
+        instr = load_series(INSTRUMENTATION_DIR)
+        if self.series is None:
+            return instr
+        return Series(f"{self.series.name}+{instr.name}", (*self.series.patches, *(
+            dataclasses.replace(p, index=len(self.series) + p.index) for p in instr.patches)))
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,7 @@ def build(request: BuildRequest, log_path: Path, progress: Progress | None = Non
     source = resolve_source(request.tree, request.base, request.cache_dir)
     phases["source"] = time.monotonic() - t0
 
-    tree_id = _known_tree_id(cache, source, request.series)
+    tree_id = _known_tree_id(cache, source, request.applied_series())
     if tree_id:
         key = build_key(request, tree_id).digest()
         meta = cache.lookup(key)
@@ -128,13 +142,14 @@ def _build_locked(request, cache, source, log_path, progress, phases) -> Build:
     t = time.monotonic()
     worktree = worktree_for(source, request.cache_dir)
     applied = []
-    if request.series is not None:
-        applied = apply_series(worktree, source.base, request.series)
+    series = request.applied_series()
+    if series is not None:
+        applied = apply_series(worktree, source.base, series)
     else:
         reset_worktree(worktree, source.base)
     tree_id = _git(worktree, "rev-parse", "HEAD^{tree}").strip()
-    if request.series is not None:
-        cache.remember_tree(series_digest(source.base, [p.path for p in request.series.patches]), tree_id)
+    if series is not None:
+        cache.remember_tree(series_digest(source.base, [p.path for p in series.patches]), tree_id)
     key_parts = build_key(request, tree_id)
     key = key_parts.digest()
     phases["patch"] = time.monotonic() - t
@@ -300,6 +315,7 @@ def _stage(staging, obj, key, source, request, applied, phases, manifest, worktr
         "base": source.base,
         "worktree": str(worktree),
         "series": request.series.name if request.series else None,
+        "instrumentation": request.instrumentation,
         "patches": [{"index": a.index, "subject": a.subject, "patch_id": a.patch_id} for a in applied],
         "config_sha256": hashlib.sha256((obj / ".config").read_bytes()).hexdigest(),
         "config_base": request.config.base,

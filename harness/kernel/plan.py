@@ -39,7 +39,8 @@ def find_fragment(name: str) -> Path:
 
 def build_request(config: HarnessConfig, *, series: Series | None = None, series_name: str | None = None,
                   tree: Path | None = None, base: str | None = None, fragments: tuple[str, ...] = (),
-                  config_base: str | None = None, jobs: int | None = None) -> BuildRequest:
+                  config_base: str | None = None, jobs: int | None = None,
+                  instrumentation: bool | None = None) -> BuildRequest:
     """A BuildRequest from explicit choices, the inventory's [kernel] filling what is not given."""
     name = series_name or config.kernel.series
     if series is None and name:
@@ -49,8 +50,10 @@ def build_request(config: HarnessConfig, *, series: Series | None = None, series
     if paths or config_base:
         cfg = ConfigRequest(base=config_base or "tinyconfig", fragments=paths or cfg.fragments)
     kwargs = {"jobs": jobs} if jobs else {}
+    if instrumentation is None:
+        instrumentation = config.kernel.instrumentation
     return BuildRequest(cache_dir=config.cache_dir, tree=Path(tree) if tree else config.kernel.tree, base=base,
-                        series=series, config=cfg, **kwargs)
+                        series=series, config=cfg, instrumentation=instrumentation, **kwargs)
 
 
 def build_request_from_args(args, config: HarnessConfig, workdir: Path | None) -> BuildRequest:
@@ -62,7 +65,8 @@ def build_request_from_args(args, config: HarnessConfig, workdir: Path | None) -
     elif args.series_msgid:
         series = fetch_b4(args.series_msgid, scratch / "b4")
     return build_request(config, series=series, series_name=args.series, tree=args.tree, base=args.base,
-                         fragments=tuple(args.fragment), config_base=args.config_base, jobs=args.jobs)
+                         fragments=tuple(args.fragment), config_base=args.config_base, jobs=args.jobs,
+                         instrumentation=False if args.no_instrumentation else None)
 
 
 def plan_commands(request: BuildRequest) -> list[list[str]]:
@@ -85,7 +89,8 @@ def plan_commands(request: BuildRequest) -> list[list[str]]:
     if not (worktree / ".git").exists():
         cmds.append(["git", "-C", str(repo), "worktree", "add", "--detach", "-f", str(worktree), base])
     cmds.append(["git", "-C", str(worktree), "checkout", "-q", "-f", "--detach", base])
-    for patch in request.series.patches if request.series else ():
+    applied = request.applied_series()
+    for patch in applied.patches if applied else ():
         cmds.append(["git", "-C", str(worktree), "am", "-3", "--keep-non-patch", str(patch.path)])
     obj = worktree / f".snp-build-{request.config.inputs_digest()[:12]}"
     make_args = [f"-j{request.jobs}", "CC=ccache gcc", *request.make_args]

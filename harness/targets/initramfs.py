@@ -280,6 +280,7 @@ try_mount tmpfs /tmp mode=1777,nosuid,nodev
 try_mount tmpfs /run mode=755,nosuid,nodev
 try_mount debugfs /sys/kernel/debug nosuid,nodev,noexec
 try_mount tracefs /sys/kernel/tracing nosuid,nodev,noexec
+try_mount tracefs /sys/kernel/tracing nosuid,nodev,noexec
 say "userspace reached at uptime $(up)"
 hostname @HOSTNAME@ || say "hostname failed (continuing)"
 ip link set lo up || say "lo: ip link set up failed (continuing)"

@@ -85,8 +85,67 @@ class LocalTransport:
         except OSError as e:
             raise TransportError(f"{self.name}: copying {src} to {dst} failed: {e}") from e
 
+    def spawn(self, argv: Sequence[str]) -> LocalProcess:
+        """Start a long-lived command (same contract as SshTransport.spawn)."""
+        argv = check_argv(argv)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            raise TransportError(f"{self.name}: could not start {shlex.join(argv)}: {e}") from e
+        return LocalProcess(proc, self.name, argv)
+
     def close(self) -> None:
         pass
+
+
+class LocalProcess:
+    """A command started by LocalTransport.spawn: readline with a timeout, kill by PID."""
+
+    def __init__(self, proc: subprocess.Popen, where: str, argv: tuple[str, ...]) -> None:
+        self._proc, self.where, self.argv = proc, where, argv
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(proc.stdout, selectors.EVENT_READ)
+        self._buf = b""
+        self._eof = False
+
+    def readline(self, timeout: float) -> str | None:
+        """The next stdout line, or None at EOF; TransportError if none comes in time."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf and not self._eof:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(f"{self.where}: no output from {shlex.join(self.argv)} in {timeout:g}s")
+            if self._sel.select(min(remaining, 0.5)):
+                chunk = os.read(self._proc.stdout.fileno(), 65536)
+                self._buf += chunk
+                self._eof = not chunk
+        if not self._buf:
+            return None
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def exit_status(self, timeout: float) -> int | None:
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def close(self) -> None:
+        if self._proc.stdin:
+            self._proc.stdin.close()
+
+    def kill(self) -> None:
+        if self.alive:
+            _kill_group(self._proc)
+        self._proc.wait()
+        self._sel.close()
+        self._proc.stdout.close()
+        self.close()
 
 
 def _feed_stdin(proc: subprocess.Popen, data: bytes) -> None:

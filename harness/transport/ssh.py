@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import paramiko
 
@@ -296,7 +296,7 @@ class SshTransport:
         except (paramiko.SSHException, OSError, EOFError) as e:
             chan.close()
             raise TransportError(f"{self.name}: could not start {shlex.join(argv)}: {e}") from e
-        return RemoteProcess(chan, self.name, tuple(argv))
+        return RemoteProcess(chan, self.name, tuple(argv), self._end_remote)
 
     def _end_remote(self, pid: int | None) -> None:
         """End a timed-out command's process group on the target."""
@@ -341,9 +341,12 @@ def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
 class RemoteProcess:
     """A command running on its own channel; closing the channel ends its stdin."""
 
-    def __init__(self, chan: paramiko.Channel, where: str, argv: tuple[str, ...]) -> None:
+    def __init__(self, chan: paramiko.Channel, where: str, argv: tuple[str, ...],
+                 end_remote: Callable[[int | None], None]) -> None:
         self._chan, self.where, self.argv = chan, where, argv
+        self._end_remote = end_remote
         self._buf = b""
+        self._err = b""
 
     def readline(self, timeout: float) -> str | None:
         """The next stdout line, or None at EOF; TransportError if none comes in time."""
@@ -372,3 +375,20 @@ class RemoteProcess:
 
     def close(self) -> None:
         self._chan.close()
+
+    def kill(self) -> None:
+        """End the process (group) on the target by its PID, then close the channel.
+
+        For commands that never read stdin (`cat /dev/kmsg`): closing the channel alone
+        would leave them running until their next write.
+        """
+        if self.alive:
+            deadline = time.monotonic() + 5
+            while b"\n" not in self._err and time.monotonic() < deadline and not self._chan.closed:
+                if self._chan.recv_stderr_ready():
+                    self._err += self._chan.recv_stderr(4096)
+                else:
+                    time.sleep(0.01)
+            m = re.match(rb"snp-harness-pid:(\d+)\n", self._err)
+            self._end_remote(int(m.group(1)) if m else None)
+        self.close()

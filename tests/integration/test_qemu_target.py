@@ -40,6 +40,19 @@ def test_selftests_are_in_the_image(vm):
     assert r.stdout == "ok\n"
 
 
+def test_instrumented_kernel_has_the_rmp_dump_and_it_says_enodev_without_snp(vm, kernel_build):
+    from harness.evidence.rmp_collect import DEBUGFS_DIR, read_rmp_info
+
+    assert kernel_build.metadata["instrumentation"] is True
+    assert any("debugfs interface to dump raw RMP" in p["subject"] for p in kernel_build.metadata["patches"])
+    r = vm.transport.run(["ls", DEBUGFS_DIR], timeout=60)
+    assert r.stdout.split() == ["dump", "info"]
+    info, why = read_rmp_info(vm.transport)
+    assert info is None and "ENODEV: SEV-SNP is not enabled" in why
+    r = vm.transport.run(["sh", "-c", f'(exec 3<>{DEBUGFS_DIR}/dump) 2>&1; echo "rc=$?"'], timeout=60)
+    assert "No such device" in r.stdout
+
+
 def test_console_is_streamed_to_the_run_directory(vm):
     text = vm.console_log.read_text(errors="replace")
     assert "Linux version 6.12" in text and "SNP-HARNESS-READY" in text

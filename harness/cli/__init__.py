@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="config fragment: a path, or a name in kernel-patches/configs/ (repeatable; "
                         "default: local-target.config)")
     b.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: all CPUs)")
+    b.add_argument("--no-instrumentation", action="store_true",
+                   help="build without kernel-patches/instrumentation/ (the debugfs RMP dump)")
     b.add_argument("--dry-run", action="store_true", help="print every command instead of running it")
     b.set_defaults(func=cmd_build)
     q = sub.add_parser("qemu", help="boot the local QEMU target with a build; print the ssh command or open a shell")
@@ -79,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--wait-lease", type=int, default=0, metavar="S", help="wait up to S seconds for the host's lease")
     h.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     h.set_defaults(func=cmd_boot)
+
+    from harness.cli.evidence import register
+
+    register(sub)  # splats, report: offline, over saved logs and run directories
     return p
 
 
@@ -262,15 +268,25 @@ def cmd_run(args) -> int:
     argv = pytest_argv(run_dir, config=config.path, hosts=args.hosts, install=args.install,
                        series=args.series, extra=extra)
     print("[2/3] target(s) and [3/3] kernel suites: " + shlex_join(argv), flush=True)
-    report = run_suites(run_dir, argv, {"build": b.key, "kernel_release": b.metadata.get("kernel_release"),
-                                        "series": series_name, "hosts": args.hosts or ["qemu://"],
-                                        "reproducer": shlex_join(["snp-harness", *sys.argv[1:]])})
+    reproducer = ["snp-harness", "run", *(f"--snp-host={h}" for h in args.hosts),
+                  *(["--install"] if args.install else []), *([f"--series={args.series}"] if args.series else [])]
+    report = run_suites(run_dir, argv, {
+        "build": b.key, "kernel_release": b.metadata.get("kernel_release"),
+        "tree_id": b.metadata.get("key_parts", {}).get("tree_id"),
+        "config_sha256": b.metadata.get("config_sha256"),
+        "patch_ids": [f"{p['patch_id']} {p['subject']}" for p in b.metadata.get("patches", [])],
+        "series": series_name, "hosts": args.hosts or ["qemu://"],
+        "reproducer": shlex_join(["snp-harness", *sys.argv[1:]]), "reproducer_argv": reproducer})
     print(f"\n{'verdict':<10} {'count':>5}")
     for outcome in ("passed", "failed", "error", "skipped"):
         print(f"{outcome:<10} {report.count(outcome):>5}")
     for case in report.cases:
         if case.outcome in ("failed", "error"):
             print(f"  {case.outcome.upper():<6} {case.name}: {case.message.splitlines()[0] if case.message else ''}")
+    for problem in report.report_problems:
+        log.warning("report: %s", problem)
+    if (run_dir / "summary.md").exists():
+        print(f"summary: {run_dir / 'summary.md'} (and summary.html)")
     print(f"run directory: {run_dir}")
     if report.count("error") or (report.pytest_exit not in (0, 1) and not report.cases):
         return EXIT_INFRA

@@ -1,0 +1,1 @@
+"""Evidence: what the kernel said during a test (dmesg slices, splats, tracepoints, RMP dumps)."""

@@ -1,0 +1,175 @@
+"""Per-test evidence on one target: dmesg slice + splats, kvm_rmp_fault events, RMP dump.
+
+begin() before a test, end() after its body: end() returns what the kernel
+said during the test as JUnit properties, the splats found, and the failure
+message a splat turns into. Every piece that the target cannot provide is
+recorded with the reason, once per session, never as a silent pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import TransportError
+from harness.evidence.dmesg import DmesgSlice, KmsgFollower
+from harness.evidence.rmp_collect import RmpInfo, collect_rmp_dump, read_rmp_info
+from harness.evidence.splats import Splat, classify
+from harness.evidence.tracing import RmpFaultTrace
+from harness.transport.base import write_value
+
+log = logging.getLogger(__name__)
+
+_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def slug(nodeid: str) -> str:
+    return _SLUG.sub("_", nodeid).strip("_")[:150] or "test"
+
+
+@dataclass(frozen=True)
+class Window:
+    nodeid: str
+    start_seq: int | None   # None: no dmesg evidence on this target
+    traced: bool
+
+
+@dataclass
+class TestEvidence:
+    properties: list[tuple[str, str]] = field(default_factory=list)
+    splats: tuple[Splat, ...] = ()
+    leaked_pfns: tuple[tuple[int, int], ...] = ()
+    slice_path: Path | None = None
+    rmp_problem: str | None = None  # the RMP verdict, when it found violations
+
+    @property
+    def failure(self) -> str | None:
+        """The failure message the kernel's evidence gives this test (None: nothing bad)."""
+        messages = []
+        if self.splats:
+            first = self.splats[0]
+            more = f" (+{len(self.splats) - 1} more: " + "; ".join(s.title for s in self.splats[1:4]) + ")" \
+                if len(self.splats) > 1 else ""
+            where = f"; dmesg slice: {self.slice_path}" if self.slice_path else ""
+            messages.append(f"kernel splat during the test: {first.title} [{first.category}], "
+                            f"slice lines {first.first_line}-{first.last_line}{more}{where}")
+        if self.rmp_problem:
+            messages.append(f"RMP inconsistent after the test: {self.rmp_problem}")
+        return "\n".join(messages) or None
+
+
+class TargetEvidence:
+    """One per target and session; not thread-safe (pytest runs a target's tests in sequence)."""
+
+    def __init__(self, target, run_dir: Path) -> None:
+        self.target = target
+        self.dir = Path(run_dir)
+        self.kmsg = KmsgFollower(target.transport, self.dir / "kmsg.log")
+        self.trace: RmpFaultTrace | None = None
+        self.trace_skip: str | None = None
+        self.rmp: RmpInfo | None = None
+        self.rmp_skip: str | None = None
+
+    def start(self) -> None:
+        self.kmsg.start()
+        if self.kmsg.unavailable:
+            log.warning("%s: no per-test dmesg: %s", self.target.name, self.kmsg.unavailable)
+        caps = self.target.capabilities()
+        self.trace_skip = caps.missing("kvm_rmp_fault")
+        if self.trace_skip is None:
+            try:
+                self.trace = RmpFaultTrace(self.target.transport, caps.facts.tracefs_path)
+            except TransportError as e:
+                self.trace_skip = f"could not create a trace instance: {e}"
+        # RMP dumps need an SNP host and our debugfs file (kernel-patches/instrumentation/).
+        self.rmp_skip = caps.missing("snp")
+        if self.rmp_skip is None:
+            self.rmp, self.rmp_skip = read_rmp_info(self.target.transport)
+
+    def begin(self, nodeid: str) -> Window:
+        token = text = None
+        if not self.kmsg.unavailable:
+            token, text = self.kmsg.new_marker(f"begin {nodeid}")
+        if self.trace is not None:
+            self.trace.arm(kmsg_marker=text)  # one command: marker, then arm
+        elif text is not None:
+            write_value(self.target.transport, "/dev/kmsg", text)
+        start = self.kmsg.wait_for(token) if token else None
+        return Window(nodeid, start, self.trace is not None)
+
+    def end(self, window: Window) -> TestEvidence:
+        ev = TestEvidence()
+        props = ev.properties
+        token = text = None
+        if window.start_seq is not None:
+            token, text = self.kmsg.new_marker(f"end {window.nodeid}")
+        problem = None
+        try:
+            if window.traced and self.trace is not None:
+                report = self.trace.collect(kmsg_marker=text)  # one command: collect, then marker
+                props += [*report.properties().items(), ("rmp_fault_tracing", "armed")]
+            else:
+                props.append(("rmp_fault_tracing", f"skipped: {self.trace_skip}"))
+                if text is not None:
+                    write_value(self.target.transport, "/dev/kmsg", text)
+        except TransportError as e:  # the target died mid-test: keep what arrived
+            problem = str(e)
+        if window.start_seq is None:
+            props.append(("dmesg_evidence", f"unavailable: {self.kmsg.unavailable}"))
+            return ev
+        end_seq = None
+        if problem is None:
+            try:
+                end_seq = self.kmsg.wait_for(token)
+            except TransportError as e:
+                problem = str(e)
+        dslice = self.kmsg.slice(window.start_seq, end_seq)
+        self._record_slice(ev, window.nodeid, dslice, problem)
+        if problem is None:
+            self._check_rmp(ev, window.nodeid)
+        return ev
+
+    def _check_rmp(self, ev: TestEvidence, nodeid: str) -> None:
+        """After the test's guests are gone, no RMP entry may stay guest-owned unless logged as leaked."""
+        if self.rmp is None:
+            ev.properties.append(("rmp_verdict", f"skipped: {self.rmp_skip}"))
+            return
+        from harness.evidence.rmp import ANY_ASID, Expectation, check, load_dump
+
+        folder = self.dir / "rmp" / slug(nodeid)
+        dump = collect_rmp_dump(self.target.transport, self.rmp, folder / "teardown.bin")
+        exp = Expectation(asid=ANY_ASID, torn_down=True, leaked_pfns=ev.leaked_pfns)
+        verdict = check(load_dump(dump, 0), exp)
+        sidecar = folder / "teardown.json"
+        sidecar.write_text(json.dumps({
+            "dump": dump.name, "start_pfn": 0, "phase": "teardown", "nodeid": nodeid, "target": self.target.name,
+            "expectation": {"asid": exp.asid, "private_gpas": [], "shared_gpas": [], "torn_down": True,
+                            "leaked_pfns": [list(r) for r in exp.leaked_pfns], "exclusive": exp.exclusive},
+            "verdict": verdict.summary()}, indent=2))
+        ev.properties += [("rmp_verdict", verdict.summary()), ("rmp_dump", str(sidecar))]
+        if not verdict.ok:
+            ev.rmp_problem = verdict.summary()
+
+    def _record_slice(self, ev: TestEvidence, nodeid: str, dslice: DmesgSlice, problem: str | None) -> None:
+        path = self.dir / "dmesg" / f"{slug(nodeid)}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dslice.text())
+        ev.slice_path = path
+        report = classify(dslice.lines())
+        ev.splats, ev.leaked_pfns = report.splats, report.leaked_pfn_ranges
+        props = ev.properties
+        props += [("dmesg", str(path)), ("dmesg_records", str(len(dslice.records))),
+                  ("dmesg_evidence", "ok" if problem is None else f"partial: {problem}")]
+        if dslice.lost:
+            props.append(("dmesg_lost", f"{dslice.lost_count} record(s) lost, the ring buffer wrapped: "
+                                        + ", ".join(f"seq {a}..{b}" for a, b in dslice.lost)))
+        props.append(("splat_count", str(len(report.splats))))
+        props += [("splat", f"{s.category}: {s.title}") for s in report.splats]
+
+    def close(self) -> None:
+        if self.trace is not None:
+            self.trace.close()
+        self.kmsg.close()
