@@ -17,6 +17,7 @@ _CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 _IDS_KEY = pytest.StashKey[list]()
 _EVIDENCE_KEY = pytest.StashKey[tuple]()  # (TargetEvidence, Window) of the running test
 _EVIDENCE_ERROR_KEY = pytest.StashKey[BaseException]()
+_EVIDENCE_USED_KEY = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -136,7 +137,13 @@ def target(_snp_target_id, harness_config, pytestconfig, request, snp_run_dir, r
             b = request.getfixturevalue("snp_build")
             t.install(b)
             t.boot()
-            record_testsuite_property(f"{t.name} kernel_build", b.key)
+            meta = b.metadata
+            for key, value in (("kernel_build", b.key), ("tree_id", meta.get("key_parts", {}).get("tree_id")),
+                               ("config_sha256", meta.get("config_sha256")), ("series", meta.get("series")),
+                               ("patch_ids", "; ".join(f"{p['patch_id']} {p['subject']}"
+                                                       for p in meta.get("patches", [])))):
+                if value:
+                    record_testsuite_property(f"{t.name} {key}", value)
         if hasattr(t, "accel"):
             record_testsuite_property(f"{t.name} accel", f"{t.accel} -cpu {t.cpu}")
         caps = t.capabilities()
@@ -222,11 +229,23 @@ def _snp_evidence(request: pytest.FixtureRequest, _snp_needs):
         yield
         return
     ev = request.getfixturevalue("target_evidence")
+    request.config.stash[_EVIDENCE_USED_KEY] = True
     request.node.stash[_EVIDENCE_KEY] = (ev, ev.begin(request.node.nodeid))
     yield
     error = request.node.stash.get(_EVIDENCE_ERROR_KEY, None)
     if error is not None:
         raise error
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After pytest wrote --junitxml: attachments into it (idempotent; `snp-harness run` repeats it)."""
+    xml = getattr(config.option, "xmlpath", None)
+    if not xml or not Path(xml).exists() or not config.stash.get(_EVIDENCE_USED_KEY, False):
+        return
+    from harness.report.junit import enrich
+
+    enrich(Path(xml), Path(xml).parent)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 
 # One open file description for the whole session: after EPIPE (records overwritten
 # before they were read) cat exits, and the next cat goes on from the oldest record
-# still there, on the same position. The script reports each restart.
+# still there, on the same position. The script reports each restart. cat runs in the
+# background so that a TERM to the shell (by PID: under dropbear a channel's command has
+# no process group of its own) ends cat too.
 FOLLOW_SCRIPT = (
-    'exec 3</dev/kmsg || exit 3; n=0; '
-    'while [ "$n" -lt 1000 ]; do cat <&3; echo "snp-harness-kmsg: reader restarted after exit $?"; '
-    'n=$((n+1)); done; exit 1'
+    'exec 3</dev/kmsg || exit 3; trap \'kill "$c" 2>/dev/null; exit 0\' TERM HUP; n=0; '
+    'while [ "$n" -lt 1000 ]; do cat <&3 & c=$!; wait "$c"; '
+    'echo "snp-harness-kmsg: reader restarted after exit $?"; n=$((n+1)); done; exit 1'
 )
 RESTART_NOTE = "snp-harness-kmsg: reader restarted"
 MARKER_PREFIX = "snp-harness:"
@@ -206,10 +208,17 @@ class KmsgFollower:
                          if b > start_seq and a < top)
         return DmesgSlice(start_seq, end_seq, records, lost)
 
-    def close(self) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self, ended: bool = False) -> None:
+        """Stop following; `ended`: the reader was already signalled (wait for it to exit first)."""
         if self._proc is not None:
             try:
-                self._proc.kill()
+                if ended:
+                    self._proc.exit_status(5)
+                self._proc.kill()  # a no-op beyond closing when it has exited
             except TransportError as e:
                 log.warning("%s: could not end the kmsg reader: %s", self.transport.name, e)
             self._proc = None

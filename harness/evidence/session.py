@@ -18,12 +18,20 @@ from harness.errors import TransportError
 from harness.evidence.dmesg import DmesgSlice, KmsgFollower
 from harness.evidence.rmp_collect import RmpInfo, collect_rmp_dump, read_rmp_info
 from harness.evidence.splats import Splat, classify
-from harness.evidence.tracing import RmpFaultTrace
-from harness.transport.base import write_value
+from harness.evidence.shell import TargetShell
+from harness.evidence.tracing import RmpFaultTrace, parse_rmp_faults
 
 log = logging.getLogger(__name__)
 
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+
+# Run in TargetShell, builtins only. $1: a /dev/kmsg marker or ""; $2: the trace buffer or "".
+# The buffer is cleared after a test that had events, not before every test: a clear waits
+# for an RCU grace period (~30 ms under TCG), and most tests have none.
+_BEGIN = '[ -z "$1" ] || printf "%s\\n" "$1" > /dev/kmsg'
+_END = ('e=0; if [ -n "$2" ]; then while IFS= read -r l; do case $l in "#"*) ;; *) e=1 ;; esac; '
+        'printf "%s\\n" "$l"; done < "$2"; fi; '
+        '{ [ "$e" = 0 ] || : > "$2"; } && { [ -z "$1" ] || printf "%s\\n" "$1" > /dev/kmsg; }')
 
 
 def slug(nodeid: str) -> str:
@@ -72,8 +80,10 @@ class TargetEvidence:
         self.trace_skip: str | None = None
         self.rmp: RmpInfo | None = None
         self.rmp_skip: str | None = None
+        self.shell: TargetShell | None = None
 
     def start(self) -> None:
+        self.shell = TargetShell(self.target.transport)
         self.kmsg.start()
         if self.kmsg.unavailable:
             log.warning("%s: no per-test dmesg: %s", self.target.name, self.kmsg.unavailable)
@@ -93,12 +103,16 @@ class TargetEvidence:
         token = text = None
         if not self.kmsg.unavailable:
             token, text = self.kmsg.new_marker(f"begin {nodeid}")
-        if self.trace is not None:
-            self.trace.arm(kmsg_marker=text)  # one command: marker, then arm
-        elif text is not None:
-            write_value(self.target.transport, "/dev/kmsg", text)
+        self._boundary(_BEGIN, text)
         start = self.kmsg.wait_for(token) if token else None
         return Window(nodeid, start, self.trace is not None)
+
+    def _boundary(self, script: str, marker: str | None) -> str:
+        """Write the marker and clear/read the trace buffer, in one shell round trip."""
+        status, out = self.shell.run(script, marker or "", self.trace.buffer if self.trace else "")
+        if status:
+            raise TransportError(f"{self.target.name}: evidence command failed (exit {status}): {out[-500:]}")
+        return out
 
     def end(self, window: Window) -> TestEvidence:
         ev = TestEvidence()
@@ -108,15 +122,14 @@ class TargetEvidence:
             token, text = self.kmsg.new_marker(f"end {window.nodeid}")
         problem = None
         try:
-            if window.traced and self.trace is not None:
-                report = self.trace.collect(kmsg_marker=text)  # one command: collect, then marker
-                props += [*report.properties().items(), ("rmp_fault_tracing", "armed")]
-            else:
-                props.append(("rmp_fault_tracing", f"skipped: {self.trace_skip}"))
-                if text is not None:
-                    write_value(self.target.transport, "/dev/kmsg", text)
+            out = self._boundary(_END, text)
         except TransportError as e:  # the target died mid-test: keep what arrived
-            problem = str(e)
+            problem, out = str(e), None
+        if window.traced and out is not None:
+            report = parse_rmp_faults(out)
+            props += [*report.properties().items(), ("rmp_fault_tracing", "armed")]
+        elif not window.traced:
+            props.append(("rmp_fault_tracing", f"skipped: {self.trace_skip}"))
         if window.start_seq is None:
             props.append(("dmesg_evidence", f"unavailable: {self.kmsg.unavailable}"))
             return ev
@@ -170,6 +183,17 @@ class TargetEvidence:
         props += [("splat", f"{s.category}: {s.title}") for s in report.splats]
 
     def close(self) -> None:
+        ended = False
+        if self.shell is not None:  # end the follower and the tracing through the open shell: no forks
+            try:
+                if self.kmsg.pid:
+                    self.shell.end_group(self.kmsg.pid)
+                    ended = True
+                if self.trace is not None:
+                    self.shell.run(self.trace.disable_script, *self.trace.disable_args)
+            except TransportError as e:
+                log.warning("%s: ending the evidence collection: %s", self.target.name, e)
+            self.shell.close()
+        self.kmsg.close(ended=ended)
         if self.trace is not None:
             self.trace.close()
-        self.kmsg.close()

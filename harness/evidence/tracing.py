@@ -1,4 +1,4 @@
-"""The kvm:kvm_rmp_fault tracepoint, armed per test in a trace instance of our own.
+"""The kvm:kvm_rmp_fault tracepoint, in a trace instance of our own, read per test.
 
 A dedicated tracefs instance (instances/snp-harness) keeps the target's global
 trace buffer and anyone else's tracing untouched. The event's format is
@@ -18,20 +18,10 @@ from harness.transport.base import Transport
 INSTANCE = "snp-harness"
 EVENT = "events/kvm/kvm_rmp_fault"
 
-# $1: the instance dir; $2: the event. Clear, enable, start; every step must work.
-_ARM = ('cd "$1" && echo 0 > tracing_on && : > trace && echo 1 > "$2/enable" && echo 1 > tracing_on')
-# Stop, disable, then print the buffer (non-consuming read of `trace`).
-_COLLECT = ('cd "$1" && echo 0 > tracing_on && echo 0 > "$2/enable" && cat trace')
-
-# $1 is a /dev/kmsg marker (empty: none): one command per test boundary, not two.
-_WRITE_MARKER = '[ -z "$m" ] || printf "%s\\n" "$m" > /dev/kmsg'
-
-
-def _with_marker(script: str, *, first: bool) -> str:
-    if first:
-        return f'm=$1; shift; {_WRITE_MARKER} || exit 1; {script}'
-    return f'm=$1; shift; ( {script} ); s=$?; {_WRITE_MARKER} || exit 1; exit $s'
-
+# $1: the instance dir; $2: the event. Enabled once per session: toggling a tracepoint
+# patches kernel text (stop_machine), far too slow to do around every test under TCG.
+_ENABLE = 'echo 1 > "$1/$2/enable" && echo 1 > "$1/tracing_on"'
+_DISABLE = 'echo 0 > "$1/tracing_on"; echo 0 > "$1/$2/enable"'
 
 _FAULT = re.compile(r"kvm_rmp_fault: vcpu (\d+) gpa ([0-9a-fA-F]+) pfn 0x([0-9a-fA-F]+) "
                     r"error_code 0x([0-9a-fA-F]+) rmp_level (-?\d+) psmash_ret (-?\d+)")
@@ -90,25 +80,27 @@ def parse_rmp_faults(text: str) -> RmpFaultReport:
 
 
 class RmpFaultTrace:
-    """Arm before a test, collect after; one per target session."""
+    """The event enabled in our instance for a session; per test, the buffer is cleared and read."""
 
     def __init__(self, transport: Transport, tracefs: str) -> None:
         self.transport = transport
         self.instance = f"{tracefs.rstrip('/')}/instances/{INSTANCE}"
         # mkdir in instances/ creates a full trace instance; an existing one is reused.
         transport.run(["mkdir", "-p", self.instance], timeout=60)
+        transport.run(["sh", "-c", _ENABLE, "sh", self.instance, EVENT], timeout=60)
 
-    def arm(self, kmsg_marker: str | None = None) -> None:
-        """Arm the event; with a marker, write it to /dev/kmsg first, in the same command."""
-        self.transport.run(["sh", "-c", _with_marker(_ARM, first=True), "sh", kmsg_marker or "", self.instance,
-                            EVENT], timeout=60)
+    @property
+    def buffer(self) -> str:
+        """The instance's `trace` file: truncating it clears the buffer, reading it does not consume."""
+        return f"{self.instance}/trace"
 
-    def collect(self, kmsg_marker: str | None = None) -> RmpFaultReport:
-        """Stop and read the events; with a marker, write it to /dev/kmsg afterwards, in the same command."""
-        r = self.transport.run(["sh", "-c", _with_marker(_COLLECT, first=False), "sh", kmsg_marker or "",
-                                self.instance, EVENT], timeout=120)
-        return parse_rmp_faults(r.stdout)
+    disable_script = _DISABLE
+
+    @property
+    def disable_args(self) -> tuple[str, str]:
+        return self.instance, EVENT
 
     def close(self) -> None:
-        # rmdir removes the instance (its buffer and settings) again.
-        self.transport.run(["rmdir", self.instance], timeout=60, check=False)
+        # Disabling twice is harmless; rmdir then removes the instance (buffer and settings).
+        self.transport.run(["sh", "-c", f"{_DISABLE}; rmdir \"$1\"", "sh", *self.disable_args],
+                           timeout=60, check=False)

@@ -125,6 +125,14 @@ class LocalProcess:
         line, _, self._buf = self._buf.partition(b"\n")
         return line.decode(errors="replace")
 
+    def write(self, data: str) -> None:
+        """Send to the command's stdin."""
+        try:
+            self._proc.stdin.write(data.encode())
+            self._proc.stdin.flush()
+        except (OSError, ValueError) as e:
+            raise TransportError(f"{self.where}: writing to {shlex.join(self.argv)} failed: {e}") from e
+
     def exit_status(self, timeout: float) -> int | None:
         try:
             return self._proc.wait(timeout)
@@ -134,6 +142,10 @@ class LocalProcess:
     @property
     def alive(self) -> bool:
         return self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
 
     def close(self) -> None:
         if self._proc.stdin:

@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 _PID_LINE = re.compile(rb"(?m)^snp-harness-pid:(\d+)\n")
 # Ends the process group of a timed-out command: TERM, then KILL if it is still there.
 # `kill -SIG -PGID` is the one negative-PID form dash, bash and busybox all accept.
+# TERM the group, wait up to ~1 s for its leader to go (not a fixed second: ending a
+# session's followers must not cost a second each), then KILL whatever is left.
 _KILL_SCRIPT = (
-    'kill -TERM "-$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; '
-    'sleep 1; kill -KILL "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null; true'
+    'kill -TERM "-$1" 2>/dev/null || kill -TERM "$1" 2>/dev/null; i=0; '
+    'while [ "$i" -lt 10 ] && kill -0 "$1" 2>/dev/null; do sleep 0.1; i=$((i+1)); done; '
+    'kill -KILL "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null; true'
 )
 _WINDOW = 16 * 1024 * 1024  # large window: bulk output and sftp are not throttled
 
@@ -366,6 +369,13 @@ class RemoteProcess:
         line, _, self._buf = self._buf.partition(b"\n")
         return line.decode(errors="replace")
 
+    def write(self, data: str) -> None:
+        """Send to the command's stdin."""
+        try:
+            self._chan.sendall(data.encode())
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise TransportError(f"{self.where}: writing to {shlex.join(self.argv)} failed: {e}") from e
+
     def exit_status(self, timeout: float) -> int | None:
         return self._chan.recv_exit_status() if self._chan.status_event.wait(timeout) else None
 
@@ -376,6 +386,18 @@ class RemoteProcess:
     def close(self) -> None:
         self._chan.close()
 
+    @property
+    def pid(self) -> int | None:
+        """The command's PID on the target (from the marker remote_command prints first on stderr)."""
+        deadline = time.monotonic() + 5
+        while b"\n" not in self._err and time.monotonic() < deadline and not self._chan.closed:
+            if self._chan.recv_stderr_ready():
+                self._err += self._chan.recv_stderr(4096)
+            else:
+                time.sleep(0.01)
+        m = re.match(rb"snp-harness-pid:(\d+)\n", self._err)
+        return int(m.group(1)) if m else None
+
     def kill(self) -> None:
         """End the process (group) on the target by its PID, then close the channel.
 
@@ -383,12 +405,5 @@ class RemoteProcess:
         would leave them running until their next write.
         """
         if self.alive:
-            deadline = time.monotonic() + 5
-            while b"\n" not in self._err and time.monotonic() < deadline and not self._chan.closed:
-                if self._chan.recv_stderr_ready():
-                    self._err += self._chan.recv_stderr(4096)
-                else:
-                    time.sleep(0.01)
-            m = re.match(rb"snp-harness-pid:(\d+)\n", self._err)
-            self._end_remote(int(m.group(1)) if m else None)
+            self._end_remote(self.pid)
         self.close()

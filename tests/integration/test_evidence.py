@@ -56,6 +56,7 @@ def test_a_warn_fails_the_test_that_caused_it(pytester, kernel_build, kernel_cac
     slice_text = open(props["dmesg"][0]).read()
     assert "lkdtm: Performing direct entry WARNING" in slice_text and "---[ end trace" in slice_text
     assert "snp-harness:" not in slice_text  # exactly the test's records: the markers bound it
+    assert f"[[ATTACHMENT|{props['dmesg'][0]}]]" in case.find("system-out").text  # for Jenkins and GitLab
     # kvm:kvm_rmp_fault was armed (tracefs + kvm_amd with SEV code in the guest kernel) and stayed quiet.
     assert props["rmp_fault_tracing"] == ["armed"] and props["rmp_fault_events"] == ["0"]
 
