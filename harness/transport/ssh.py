@@ -59,8 +59,12 @@ class SshTransport:
         connect_timeout: float = 15.0,
         keepalive_s: int = 15,
         trust_new_host_key: bool = False,
+        via: SshTransport | None = None,
     ) -> None:
         self.name = f"ssh://{name}"
+        # via: reach address:port from that host (a direct-tcpip channel), e.g. a guest's sshd
+        # forwarded to the target's loopback only: no port is ever bound on an external address.
+        self.via = via
         self.address = address
         self.port = port
         self.user = user
@@ -95,12 +99,7 @@ class SshTransport:
 
     def _open_transport(self) -> paramiko.Transport:
         where = f"{self.name} ({self.user}@{self.address}:{self.port})"
-        try:
-            sock = socket.create_connection((self.address, self.port), timeout=self.connect_timeout)
-        except OSError as e:
-            raise TransportError(f"{where}: cannot connect: {e}. Is the host up and sshd listening?") from e
-        # Nagle would add ~40 ms to every small request/response turn.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self._socket(where)
         t = paramiko.Transport(sock, default_window_size=_WINDOW)
         t.banner_timeout = t.handshake_timeout = t.auth_timeout = self.connect_timeout
         known = self.known_hosts.keys_for(self.hostid)
@@ -122,6 +121,22 @@ class SshTransport:
         t.set_keepalive(self.keepalive_s)
         log.debug("%s: connected", where)
         return t
+
+    def _socket(self, where: str):
+        if self.via is not None:
+            try:
+                return self.via._transport().open_channel(
+                    "direct-tcpip", (self.address, self.port), ("127.0.0.1", 0), timeout=self.connect_timeout)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise TransportError(f"{where}: cannot connect through {self.via.name}: {e}. "
+                                     "Is the guest up and its sshd listening?") from e
+        try:
+            sock = socket.create_connection((self.address, self.port), timeout=self.connect_timeout)
+        except OSError as e:
+            raise TransportError(f"{where}: cannot connect: {e}. Is the host up and sshd listening?") from e
+        # Nagle would add ~40 ms to every small request/response turn.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _authenticate(self, t: paramiko.Transport, where: str) -> None:
         if self.identity_file is not None:
