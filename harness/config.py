@@ -40,6 +40,13 @@ class BootMethod(StrEnum):
     GRUB = "grub"
 
 
+@dataclass(frozen=True)
+class GuestHostConfig:
+    """[hosts.NAME.guest]: what the host runs confidential guests with."""
+    qemu: str = "qemu-system-x86_64"  # the host's own QEMU (SNP needs >= 9.1)
+    firmware: str | None = None  # OVMF on the host, for SNP guests
+
+
 @dataclass(frozen=True, kw_only=True)
 class HostConfig:
     name: str
@@ -53,6 +60,7 @@ class HostConfig:
     console: tuple[str, ...] = ()  # argv; empty: no console capture
     tags: tuple[str, ...] = ()
     connect_timeout: float = 15.0
+    guest: GuestHostConfig = GuestHostConfig()
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,7 @@ def _build(path: Path | None, data: dict[str, Any]) -> HarnessConfig:
             console=_opt(t, where, "console", _strings, ()),
             tags=_opt(t, where, "tags", _strings, ()),
             connect_timeout=_opt(t, where, "connect_timeout", _seconds, 15.0),
+            guest=_guest_table(t.get("guest", {}), f"{where}.guest"),
         )
 
     k = _table(data.get("kernel", {}), "kernel", _KERNEL)
@@ -210,6 +219,12 @@ def _expected(key: str, what: str, value: object) -> _Invalid:
     if len(found) > 60:
         found = found[:57] + "..."
     return _Invalid(f"{key}: expected {what}, found {found}")
+
+
+def _guest_table(value: object, where: str) -> GuestHostConfig:
+    g = _table(value, where, ("qemu", "firmware"))
+    return GuestHostConfig(qemu=_opt(g, where, "qemu", _string, "qemu-system-x86_64"),
+                           firmware=_opt(g, where, "firmware", _string, None))
 
 
 def _table(value: object, key: str, allowed: tuple[str, ...] | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ _IDS_KEY = pytest.StashKey[list]()
 _EVIDENCE_KEY = pytest.StashKey[tuple]()  # (TargetEvidence, Window) of the running test
 _EVIDENCE_ERROR_KEY = pytest.StashKey[BaseException]()
 _EVIDENCE_USED_KEY = pytest.StashKey[bool]()
+_GUESTS_KEY = pytest.StashKey[bool]()  # a selected test runs guests on the target
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,6 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "snp: kernel suite that drives a target (tests/snp/)")
     config.addinivalue_line(
         "markers", "needs(*caps): skip unless the target has every capability named, e.g. needs('snp')")
+    config.addinivalue_line(
+        "markers", "snp_guest: runs guest VMs on the target (the QEMU target then carries QEMU, with 1 vCPU)")
     if config.getoption("--snp-host") or config.getoption("--snp-config"):
         _target_ids(config)  # a bad inventory or host name is a usage error, before collection
 
@@ -70,9 +73,11 @@ def _target_ids(config: pytest.Config) -> list[str]:
     return config.stash[_IDS_KEY]
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m and conftest deselection: only what will run counts
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from harness.targets.capabilities import KNOWN_CAPS
 
+    config.stash[_GUESTS_KEY] = any(item.get_closest_marker("snp_guest") for item in items)
     for item in items:
         for mark in item.iter_markers("needs"):
             unknown = [c for c in mark.args if c not in KNOWN_CAPS]
@@ -131,7 +136,8 @@ def target(_snp_target_id, harness_config, pytestconfig, request, snp_run_dir, r
     """
     slug = _snp_target_id.replace("://", "-").strip("-/")
     t = open_target(harness_config, _snp_target_id, workdir=snp_run_dir / "targets" / slug,
-                    trust_new_host_key=pytestconfig.getoption("--snp-trust-new-host-key"))
+                    trust_new_host_key=pytestconfig.getoption("--snp-trust-new-host-key"),
+                    for_guests=pytestconfig.stash.get(_GUESTS_KEY, False))
     try:
         if getattr(t, "boots_by_default", False) or pytestconfig.getoption("--snp-install"):
             b = request.getfixturevalue("snp_build")

@@ -83,6 +83,12 @@ class Build:
         return self.dir / "selftests.tar.gz"
 
     @property
+    def guest_module(self) -> Path | None:
+        """guests/kmod's gmem_conv_workload.ko, when the kernel has module support."""
+        p = self.dir / "guest-kmod" / "gmem_conv_workload.ko"
+        return p if p.exists() else None
+
+    @property
     def modules(self) -> Path | None:
         p = self.dir / "modules.tar.gz"
         return p if p.exists() else None
@@ -104,7 +110,8 @@ def cached_build(cache_dir: Path, key: str) -> Build:
 
 
 def _guest_sources(guests_dir: Path) -> list[Path]:
-    return sorted(guests_dir.glob("*.c")) + sorted(guests_dir.glob("*.h"))
+    return (sorted(guests_dir.glob("*.c")) + sorted(guests_dir.glob("*.h"))
+            + sorted(p for p in (guests_dir / "kmod").glob("*") if p.is_file()))
 
 
 def build_key(request: BuildRequest, tree_id: str) -> BuildKey:
@@ -179,6 +186,7 @@ def _build_locked(request, cache, source, log_path, progress, phases) -> Build:
                 phases["selftests"] = time.monotonic() - t
                 if "modules" in targets:
                     _modules_tarball(worktree, obj, make_args, env, logf, staging, log_path)
+                    _guest_module(worktree, obj, request, make_args, env, logf, staging, log_path)
                 meta = _stage(staging, obj, key_parts, source, request, applied, phases, manifest, worktree)
                 entry = cache.commit(key, staging)
             except BaseException:
@@ -253,7 +261,7 @@ def _run_make(worktree, obj, args, env, logf, progress, phase, log_path) -> None
     from harness.errors import CommandTimeout
     from harness.transport.local import LocalTransport
 
-    steps_file = obj / ".snp-harness-steps"
+    steps_file = obj / f".snp-harness-steps-{phase}"
     try:
         expected = int(steps_file.read_text())
     except (OSError, ValueError):
@@ -300,6 +308,21 @@ def _modules_tarball(worktree, obj, make_args, env, logf, staging, log_path) -> 
               env, logf, None, "modules", log_path)
     with tarfile.open(staging / "modules.tar.gz", "w:gz") as tar:
         tar.add(root, arcname=".")
+
+
+def _guest_module(worktree, obj, request, make_args, env, logf, staging, log_path) -> None:
+    """guests/kmod/ (the guest workload's module), built out of tree against this build."""
+    src = request.guests_dir / "kmod"
+    if not (src / "Kbuild").is_file():
+        return
+    mdir = obj / "snp-kmod"  # kbuild writes its objects into M=: a copy, never the repository
+    shutil.rmtree(mdir, ignore_errors=True)
+    shutil.copytree(src, mdir)
+    _run_make(worktree, obj, [*make_args, f"M={mdir}", "modules"], env, logf, None, "guest-kmod", log_path)
+    dest = staging / "guest-kmod"
+    dest.mkdir()
+    for ko in sorted(mdir.glob("*.ko")):
+        shutil.copy2(ko, dest / ko.name)
 
 
 def _stage(staging, obj, key, source, request, applied, phases, manifest, worktree) -> dict:

@@ -42,7 +42,9 @@ class GuestConfig:
     memory_mb: int = 256                  # enough for the workload (measured: 256M boots like 512M)
     cpus: int = 1
     cpu: str = "qemu64"                   # plain L2 under nested TCG: `host` warns in xstate init
-    cmdline: tuple[str, ...] = ("console=ttyS0", "panic=-1", "quiet")  # quiet: each console byte is an exit
+    # quiet: each console byte is a nested exit. no_timer_check: under nested TCG the guest's
+    # IO-APIC timer check can miss its window ("IO-APIC + timer doesn't work!" panic).
+    cmdline: tuple[str, ...] = ("console=ttyS0", "panic=-1", "quiet", "no_timer_check")
     boot_timeout_s: float = 300.0
 
 
@@ -101,6 +103,36 @@ def guest_argv(cfg: GuestConfig, *, kernel: str, initrd: str, ssh_port: int, pid
             "-bios", cfg.firmware]
 
 
+@dataclass(frozen=True)
+class GuestImage:
+    """The guest's initramfs (sshd with a pinned host key, the workload) and the key to log in."""
+    initrd: Path
+    client_key: Path
+    host_key_pub: str
+
+
+WORKLOAD_MODULE = "/lib/modules/gmem_conv_workload.ko"
+
+
+def build_guest_image(build, workdir: Path) -> GuestImage:
+    """The same builder as the QEMU target's: busybox, dropbear, the build's selftests, and the
+    workload's module when the kernel has module support."""
+    from harness.targets.initramfs import InitramfsSpec, build_initramfs, generate_host_key
+    from harness.testing.sshd import keygen
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = workdir / "id_ed25519"
+    if not key.exists():
+        keygen(key)
+    host_key, host_pub = generate_host_key(workdir)
+    files = {WORKLOAD_MODULE: build.guest_module.read_bytes()} if build.guest_module else {}
+    initrd = workdir / "guest-initramfs.cpio.gz"
+    build_initramfs(InitramfsSpec(authorized_keys=key.with_suffix(".pub").read_text(), host_key=host_key,
+                                  selftests_tar=build.selftests, extra_files=files, hostname="snp-guest",
+                                  ready_marker=GUEST_READY), initrd)
+    return GuestImage(initrd, key, host_pub)
+
+
 @dataclass
 class Guest:
     """One guest VM on `host` (a booted Target); boot() then .transport, close() ends it."""
@@ -115,8 +147,14 @@ class Guest:
     _lines: list[str] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _ended: bool = False
+    clean_exit: bool | None = None  # after close(): QEMU exited after the guest powered off
 
-    def boot(self, kernel: Path, initrd: Path, *, host_key_pub: str, client_key: Path) -> None:
+    @property
+    def qemu_pid(self) -> int | None:
+        """QEMU's PID on the target (spawn execs it)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def boot(self, kernel: Path, image: GuestImage) -> None:
         """Copy kernel + initramfs to the target, start QEMU, wait for the ready marker, connect."""
         from harness.transport.hostkeys import KnownHosts, host_id, parse_public_key
         from harness.transport.ssh import SshTransport
@@ -126,7 +164,7 @@ class Guest:
         remote = f"/tmp/snp-harness-{self.name}-{random.randrange(1 << 32):08x}"
         t.run(["mkdir", "-p", remote], timeout=60)
         t.put(kernel, f"{remote}/bzImage")
-        t.put(initrd, f"{remote}/initramfs.cpio.gz")
+        t.put(image.initrd, f"{remote}/initramfs.cpio.gz")
         sev = self._snp_preflight() if self.cfg.snp else None
         port = random.randrange(20000, 60000)
         argv = guest_argv(self.cfg, kernel=f"{remote}/bzImage", initrd=f"{remote}/initramfs.cpio.gz",
@@ -137,8 +175,8 @@ class Guest:
         threading.Thread(target=self._console, name=f"{self.name} console", daemon=True).start()
         self._wait_ready()
         known = self.workdir / "known_hosts"
-        KnownHosts(known).add(host_id("127.0.0.1", port), parse_public_key(host_key_pub))
-        self.transport = SshTransport(self.name, "127.0.0.1", port=port, user="root", identity_file=client_key,
+        KnownHosts(known).add(host_id("127.0.0.1", port), parse_public_key(image.host_key_pub))
+        self.transport = SshTransport(self.name, "127.0.0.1", port=port, user="root", identity_file=image.client_key,
                                       known_hosts=known, connect_timeout=30, via=t)
         self.transport.run(["true"], timeout=120)
         if self.cfg.snp:
@@ -209,13 +247,20 @@ class Guest:
                             f"{'no ' + repr(SNP_ACTIVE) if SNP_ACTIVE not in r.stdout else 'no /dev/sev-guest'}",
                             self.console_tail())
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 30) -> None:
+        """Power the guest off from inside; QEMU must then exit by itself, or it is killed by PID."""
+        asked = self.transport is not None
         if self.transport is not None:
+            try:  # -f: the reboot syscall directly (our /init is a shell, not an init daemon)
+                self.transport.run(["poweroff", "-f"], timeout=30, check=False)
+            except TransportError:
+                pass  # the connection may die with the guest before the reply
             self.transport.close()
             self.transport = None
         if self._proc is not None:
             proc, self._proc = self._proc, None
-            proc.kill()  # QEMU by its PID on the target (spawn execs it: the PID is QEMU's)
+            self.clean_exit = asked and proc.exit_status(grace_s) is not None
+            proc.kill()  # a no-op beyond the channel when QEMU exited; else QEMU by its PID (spawn execs it)
 
 
 # Firmware a plain q35 guest (-nodefaults, -vga none, -kernel, virtio-net without ROM) loads.

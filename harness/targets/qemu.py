@@ -124,6 +124,7 @@ class QemuTarget(ProbedTarget):
     workdir: Path
     config: QemuConfig = field(default_factory=QemuConfig)
     name: str = "qemu://"
+    hosts_guests: bool = False  # carry QEMU + firmware in the initramfs, to run L2 guests (targets/guest.py)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -149,9 +150,16 @@ class QemuTarget(ProbedTarget):
         if not client_key.exists():
             keygen(client_key)
         host_key, self._host_pub = generate_host_key(self.workdir)
+        extra_binaries, extra_files = tuple(extra_binaries), dict(extra_files or {})
+        if self.hosts_guests:
+            from harness.targets.guest import qemu_image_files
+
+            qemu = Path(shutil.which(self.config.qemu) or self.config.qemu)
+            extra_binaries += (qemu,)
+            extra_files.update(qemu_image_files(qemu))
         spec = InitramfsSpec(authorized_keys=client_key.with_suffix(".pub").read_text(), host_key=host_key,
-                             selftests_tar=build.selftests, extra_binaries=tuple(extra_binaries),
-                             extra_files=dict(extra_files or {}), ready_marker=READY_MARKER)
+                             selftests_tar=build.selftests, extra_binaries=extra_binaries,
+                             extra_files=extra_files, ready_marker=READY_MARKER)
         self._initrd = self.workdir / "initramfs.cpio.gz"
         info = build_initramfs(spec, self._initrd)
         self._kernel = build.bzimage

@@ -24,14 +24,20 @@ def target_ids(config: HarnessConfig, hosts: list[str], kind: str | None) -> lis
 
 
 def open_target(config: HarnessConfig, target_id: str, *, trust_new_host_key: bool = False,
-                workdir: Path | None = None) -> Target:
-    """workdir: where a target keeps its files (console log, keys); needed for qemu."""
+                workdir: Path | None = None, for_guests: bool = False) -> Target:
+    """workdir: where a target keeps its files (console log, keys); needed for qemu.
+
+    for_guests: L2 guests will run on it. The QEMU target then carries QEMU and boots with
+    one vCPU: with two, L2 guests deadlock under TCG's nested SVM (shared/notes/l2-guest-*).
+    """
     scheme, _, rest = target_id.partition("://")
     if scheme == "qemu":
-        from harness.targets.qemu import QemuTarget
+        from harness.targets.qemu import QemuConfig, QemuTarget
 
         if workdir is None:
             raise ConfigError("the qemu target needs a work directory")
+        if for_guests:
+            return QemuTarget(workdir, QemuConfig(cpus=1), hosts_guests=True)
         return QemuTarget(workdir)
     if scheme == "ssh":
         from harness.targets.host import HostTarget

@@ -126,10 +126,11 @@ def test_kvm_caps_probe_reports_ktap_here(kernel_build, tmp_path):
         pytest.skip(f"kvm_caps_probe: no usable /dev/kvm here: {r.stdout.strip().splitlines()[-1:]}")
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert "1..6" in lines
+    assert "1..7" in lines
     results = [ln for ln in lines if ln.startswith(("ok ", "not ok "))]
     assert [ln.split()[2 if ln.startswith("ok") else 3] for ln in results] == [
-        "vm_types", "guest_memfd", "memory_attributes", "gmem_flags", "create_sw_protected_vm", "create_snp_vm"]
+        "vm_types", "guest_memfd", "memory_attributes", "gmem_flags", "create_sw_protected_vm", "create_snp_vm",
+        "gmem_huge_folios"]
     assert any(ln.startswith("# vm_types: 0x") for ln in lines)
 
 

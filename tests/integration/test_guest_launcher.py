@@ -6,49 +6,40 @@ nested SVM (../shared/notes/l2-guest-feasibility.md).
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
-from harness.targets.guest import GUEST_READY, Guest, GuestConfig, qemu_image_files
-from harness.targets.initramfs import InitramfsSpec, build_initramfs, generate_host_key
+from harness.targets.guest import GUEST_READY, Guest, GuestConfig, build_guest_image
 from harness.targets.qemu import QemuConfig, QemuTarget
-from harness.testing.sshd import keygen
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def l1(kernel_build, tmp_path_factory):
-    qemu = Path(shutil.which("qemu-system-x86_64"))
-    target = QemuTarget(tmp_path_factory.mktemp("l1"), QemuConfig(memory="2G", cpus=1))
-    target.install(kernel_build, extra_binaries=(qemu,), extra_files=qemu_image_files(qemu))
+    target = QemuTarget(tmp_path_factory.mktemp("l1"), QemuConfig(memory="2G", cpus=1), hosts_guests=True)
+    target.install(kernel_build)
     target.boot()
     yield target
     target.close()
 
 
 def test_plain_l2_boots_answers_ssh_through_the_l1_and_ends(l1, kernel_build, tmp_path):
-    key = tmp_path / "id_ed25519"
-    keygen(key)
-    host_key, host_pub = generate_host_key(tmp_path)
-    initrd = tmp_path / "l2.cpio.gz"
-    build_initramfs(InitramfsSpec(authorized_keys=key.with_suffix(".pub").read_text(), host_key=host_key,
-                                  hostname="l2guest", ready_marker=GUEST_READY), initrd)
+    image = build_guest_image(kernel_build, tmp_path / "image")
     guest = Guest(l1, tmp_path / "guest", GuestConfig(boot_timeout_s=240))
     start = time.monotonic()
     try:
-        guest.boot(kernel_build.bzimage, initrd, host_key_pub=host_pub, client_key=key)
+        guest.boot(kernel_build.bzimage, image)
         up = time.monotonic() - start
         r = guest.transport.run(["sh", "-c", "uname -r; hostname"], timeout=120)
-        assert r.stdout.split() == [kernel_build.metadata["kernel_release"], "l2guest"]
+        assert r.stdout.split() == [kernel_build.metadata["kernel_release"], "snp-guest"]
         argv = (tmp_path / "guest" / "qemu.cmdline").read_text()
         assert "restrict=on" in argv and "hostfwd=tcp:127.0.0.1:" in argv and "-accel kvm" in argv
     finally:
         guest.close()
     print(f"L2 boot to SSH under nested TCG: {up:.1f} s")
+    assert guest.clean_exit  # powered off from inside; QEMU exited by itself
     assert GUEST_READY in (tmp_path / "guest" / "console.log").read_text()
     # Nothing left running in the L1.
     for _ in range(50):

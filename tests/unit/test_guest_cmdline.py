@@ -52,7 +52,7 @@ def test_snp_command_line_argument_by_argument():
 def test_plain_command_line_has_no_snp_objects():
     argv = guest_argv(GuestConfig(), kernel="k", initrd="i", ssh_port=3000, pidfile="p")
     assert argv[-2:] == ["-machine", "q35"] and "-object" not in argv and "-bios" not in argv
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 quiet"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 quiet no_timer_check"
     assert argv[argv.index("-cpu") + 1] == "qemu64"
 
 
