@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import TransportError
-from harness.transport.base import Transport, write_value
+from harness.transport.base import Transport, follow_lines, write_value
 
 log = logging.getLogger(__name__)
 
@@ -120,30 +120,13 @@ class KmsgFollower:
                                 "run as root (or sysctl kernel.dmesg_restrict=0 for reading)")
             return
         self._proc = self.transport.spawn(["sh", "-c", FOLLOW_SCRIPT])
-        self._thread = threading.Thread(target=self._follow, name=f"kmsg {self.transport.name}", daemon=True)
-        self._thread.start()
+        self._thread = follow_lines(self._proc, self.log_path, self.feed, lambda why: self._end(f"kmsg {why}"),
+                                    f"kmsg {self.transport.name}")
         try:
             self.mark("follower started", timeout=timeout)
         except TransportError as e:
             self.unavailable = f"following /dev/kmsg on {self.transport.name} failed: {e}"
             self.close()
-
-    def _follow(self) -> None:
-        with open(self.log_path, "a", encoding="utf-8", errors="replace") as out:
-            while True:
-                try:
-                    line = self._proc.readline(timeout=3600)
-                except TransportError:
-                    continue  # a quiet hour; keep waiting
-                except Exception as e:  # the channel died (target rebooted, link lost)
-                    self._end(f"kmsg reader failed: {e}")
-                    return
-                if line is None:
-                    self._end("kmsg reader ended (EOF)")
-                    return
-                out.write(line + "\n")
-                out.flush()
-                self.feed(line)
 
     def feed(self, line: str) -> None:
         """One line of /dev/kmsg output, as read (the reader thread calls this)."""

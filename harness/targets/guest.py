@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import BootError, BootTimeout, ConfigError, TransportError
+from harness.transport.base import follow_lines
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class Guest:
         (self.workdir / "qemu.cmdline").write_text(" ".join(argv) + "\n")
         self.console_log = self.workdir / "console.log"
         self._proc = t.spawn(argv)
-        threading.Thread(target=self._console, name=f"{self.name} console", daemon=True).start()
+        follow_lines(self._proc, self.console_log, self._line, self._end, f"{self.name} console")
         self._wait_ready()
         known = self.workdir / "known_hosts"
         KnownHosts(known).add(host_id("127.0.0.1", port), parse_public_key(image.host_key_pub))
@@ -194,25 +195,15 @@ class Guest:
                               "/dev/cpu/0/cpuid (modprobe cpuid; SNP enabled in the BIOS?)")
         return sev
 
-    def _console(self) -> None:
-        with open(self.console_log, "a", encoding="utf-8", errors="replace") as out:
-            while True:
-                try:
-                    line = self._proc.readline(timeout=3600)
-                except TransportError:
-                    continue
-                except Exception:  # the channel died with the target
-                    line = None
-                if line is None:
-                    with self._cond:
-                        self._ended = True
-                        self._cond.notify_all()
-                    return
-                out.write(line + "\n")
-                out.flush()
-                with self._cond:
-                    self._lines.append(line)
-                    self._cond.notify_all()
+    def _line(self, line: str) -> None:
+        with self._cond:
+            self._lines.append(line)
+            self._cond.notify_all()
+
+    def _end(self, _why: str) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
 
     def console_tail(self, lines: int = 40) -> str:
         with self._cond:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
+
+from harness.errors import TransportError
 
 # A sink receives output as it arrives: sink("stdout" | "stderr", chunk).
 Sink = Callable[[str, bytes], None]
@@ -101,6 +104,33 @@ class Process(Protocol):
     def close(self) -> None: ...
 
     def kill(self) -> None: ...
+
+
+def follow_lines(proc: Process, log_path: Path, on_line: Callable[[str], None],
+                 on_end: Callable[[str], None], name: str) -> threading.Thread:
+    """Read a spawned command's stdout on a thread: every line goes to log_path as it arrives
+    (flushed: nothing read is lost if the harness dies) and then to on_line; on_end(reason)
+    is called once, at EOF or when the channel dies with the target."""
+    def run() -> None:
+        with open(log_path, "a", encoding="utf-8", errors="replace") as out:
+            while True:
+                try:
+                    line = proc.readline(timeout=3600)
+                except TransportError:
+                    continue  # a quiet hour; keep waiting
+                except Exception as e:  # the channel died (target rebooted, link lost)
+                    on_end(f"reader failed: {e}")
+                    return
+                if line is None:
+                    on_end("reader ended (EOF)")
+                    return
+                out.write(line + "\n")
+                out.flush()
+                on_line(line)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def check_argv(argv: Sequence[str]) -> tuple[str, ...]:

@@ -16,6 +16,15 @@ from harness.targets.qemu import QemuConfig, QemuTarget
 pytestmark = pytest.mark.slow
 
 
+def assert_no_qemu_left(l1) -> None:
+    for _ in range(50):
+        ps = l1.transport.run(["ps"], timeout=60).stdout
+        if "qemu-system" not in ps:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"a QEMU is still running in the L1:\n{ps}")
+
+
 @pytest.fixture(scope="module")
 def l1(kernel_build, tmp_path_factory):
     target = QemuTarget(tmp_path_factory.mktemp("l1"), QemuConfig(memory="2G", cpus=1), hosts_guests=True)
@@ -41,10 +50,21 @@ def test_plain_l2_boots_answers_ssh_through_the_l1_and_ends(l1, kernel_build, tm
     print(f"L2 boot to SSH under nested TCG: {up:.1f} s")
     assert guest.clean_exit  # powered off from inside; QEMU exited by itself
     assert GUEST_READY in (tmp_path / "guest" / "console.log").read_text()
-    # Nothing left running in the L1.
-    for _ in range(50):
-        ps = l1.transport.run(["ps"], timeout=60).stdout
-        if "qemu-system" not in ps:
-            break
-        time.sleep(0.2)
-    assert "qemu-system" not in ps
+    assert_no_qemu_left(l1)
+
+
+def test_a_guest_that_panics_is_a_boot_error_and_leaves_nothing_behind(l1, kernel_build, tmp_path):
+    from harness.errors import BootError
+
+    image = build_guest_image(kernel_build, tmp_path / "image")
+    cfg = GuestConfig(boot_timeout_s=240, cmdline=(*GuestConfig().cmdline, "rdinit=/snp-harness-no-such-init",
+                                                   "init=/snp-harness-no-such-init"))
+    guest = Guest(l1, tmp_path / "guest", cfg)
+    try:
+        with pytest.raises(BootError, match="panicked while booting") as e:
+            guest.boot(kernel_build.bzimage, image)
+        assert "Kernel panic" in e.value.console_tail
+    finally:
+        guest.close()
+    assert guest.clean_exit is False  # it never came up: QEMU was ended by its PID
+    assert_no_qemu_left(l1)
