@@ -130,6 +130,9 @@ class Expectation:
     torn_down: bool = False                          # nothing may stay assigned to asid ...
     leaked_pfns: tuple[tuple[int, int], ...] = ()    # ... except in these [start, end) PFN ranges
     exclusive: bool = True                           # no other non-zero ASID may own entries
+    # Where the ASID's entries may point ([start, end) bytes; empty: private_gpas). A running guest's
+    # RAM: private pages anywhere in it are fine, but none may claim a GPA outside it.
+    allowed_gpas: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -342,12 +345,13 @@ def _gpa_checks(acc: _Acc, mine: dict[str, np.ndarray], exp: Expectation, bad: d
     pfn, gfn, pages, validated = (mine[k][memory] for k in ("pfn", "gfn", "pages", "validated"))
     end = gfn + pages
     private, shared = _ranges(exp.private_gpas, 12, _GFN_LIMIT), _ranges(exp.shared_gpas, 12, _GFN_LIMIT)
+    allowed = _ranges(exp.allowed_gpas, 12, _GFN_LIMIT) if exp.allowed_gpas else private
 
-    u = np.flatnonzero(~_inside(private, gfn, end))
+    u = np.flatnonzero(~_inside(allowed, gfn, end))
     bad["unexpected_gpa"] = (gfn[u], end[u])
     acc.add("unexpected_gpa", pfn[u], gfn[u] << 12, asid, lambda i: (
         f"ASID {asid} maps GPA {gfn[u[i]] << 12:#x}-{end[u[i]] << 12:#x} (PFN {pfn[u[i]]:#x}) outside the "
-        "expected private ranges"))
+        + ("allowed ranges" if exp.allowed_gpas else "expected private ranges")))
 
     # Sorted by GPA, an entry overlaps an earlier one iff it starts before the furthest end so far.
     # Ties broken by PFN order; unique keys let the fast (unstable) argsort do it, where they fit in 63 bits.

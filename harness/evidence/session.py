@@ -150,21 +150,37 @@ class TargetEvidence:
         if self.rmp is None:
             ev.properties.append(("rmp_verdict", f"skipped: {self.rmp_skip}"))
             return
-        from harness.evidence.rmp import ANY_ASID, Expectation, check, load_dump
+        from harness.evidence.rmp import ANY_ASID, Expectation
 
-        folder = self.dir / "rmp" / slug(nodeid)
-        dump = collect_rmp_dump(self.target.transport, self.rmp, folder / "teardown.bin")
-        exp = Expectation(asid=ANY_ASID, torn_down=True, leaked_pfns=ev.leaked_pfns)
-        verdict = check(load_dump(dump, 0), exp)
-        sidecar = folder / "teardown.json"
-        sidecar.write_text(json.dumps({
-            "dump": dump.name, "start_pfn": 0, "phase": "teardown", "nodeid": nodeid, "target": self.target.name,
-            "expectation": {"asid": exp.asid, "private_gpas": [], "shared_gpas": [], "torn_down": True,
-                            "leaked_pfns": [list(r) for r in exp.leaked_pfns], "exclusive": exp.exclusive},
-            "verdict": verdict.summary()}, indent=2))
-        ev.properties += [("rmp_verdict", verdict.summary()), ("rmp_dump", str(sidecar))]
+        props, verdict = self.rmp_check(nodeid, "teardown",
+                                        Expectation(asid=ANY_ASID, torn_down=True, leaked_pfns=ev.leaked_pfns))
+        ev.properties += props
         if not verdict.ok:
             ev.rmp_problem = verdict.summary()
+
+    def rmp_check(self, nodeid: str, phase: str, exp, gpa_window: tuple[int, int] | None = None):
+        """Dump the whole RMP now and check it against `exp` (an evidence.rmp.Expectation).
+
+        Returns (JUnit properties, RmpVerdict); the dump and its sidecar stay in the run directory
+        (rmp/<test>/<phase>.bin/.json), where the report draws gpa_window as an RMP map.
+        """
+        from harness.evidence.rmp import check, load_dump
+
+        if self.rmp is None:
+            raise ValueError(f"no RMP dumps on {self.target.name}: {self.rmp_skip}")
+        folder = self.dir / "rmp" / slug(nodeid)
+        dump = collect_rmp_dump(self.target.transport, self.rmp, folder / f"{phase}.bin")
+        verdict = check(load_dump(dump, 0), exp)
+        sidecar = folder / f"{phase}.json"
+        sidecar.write_text(json.dumps({
+            "dump": dump.name, "start_pfn": 0, "phase": phase, "nodeid": nodeid, "target": self.target.name,
+            "expectation": {"asid": exp.asid, "private_gpas": [list(r) for r in exp.private_gpas],
+                            "shared_gpas": [list(r) for r in exp.shared_gpas], "torn_down": exp.torn_down,
+                            "leaked_pfns": [list(r) for r in exp.leaked_pfns], "exclusive": exp.exclusive,
+                            "allowed_gpas": [list(r) for r in exp.allowed_gpas]},
+            "gpa_window": list(gpa_window) if gpa_window else None, "verdict": verdict.summary()}, indent=2))
+        suffix = "" if phase == "teardown" else f"_{phase}"
+        return [(f"rmp_verdict{suffix}", verdict.summary()), ("rmp_dump", str(sidecar))], verdict
 
     def _record_slice(self, ev: TestEvidence, nodeid: str, dslice: DmesgSlice, problem: str | None) -> None:
         path = self.dir / "dmesg" / f"{slug(nodeid)}.log"

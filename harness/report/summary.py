@@ -99,7 +99,7 @@ def rmp_maps(run_dir: Path) -> tuple[list[RmpMap], list[str]]:
             e = data["expectation"]
             exp = rmp.Expectation(int(e["asid"]), _pairs(e.get("private_gpas")), _pairs(e.get("shared_gpas")),
                                   bool(e.get("torn_down", False)), _pairs(e.get("leaked_pfns")),
-                                  bool(e.get("exclusive", True)))
+                                  bool(e.get("exclusive", True)), _pairs(e.get("allowed_gpas")))
             dump = rmp.load_dump(sidecar_bin(sc), int(data["start_pfn"]))
             verdict = rmp.check(dump, exp)
             phase = str(data.get("phase") or sc.stem)

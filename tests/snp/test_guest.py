@@ -51,6 +51,22 @@ def guest(target, harness_config, snp_build, guest_image, snp_run_dir, request):
         g.close()  # idempotent: the tests end it themselves, inside the evidence window
 
 
+def _check_rmp_while_running(guest, target_evidence, request) -> None:
+    """On SNP hosts: with the guest up, its RMP entries are 2M-aligned where 2M, unique per GPA,
+    and inside its RAM (q35: below 4 GiB, and above it for the rest). Elsewhere: why not."""
+    if target_evidence.rmp is None:
+        request.node.user_properties.append(("rmp_verdict_running", f"skipped: {target_evidence.rmp_skip}"))
+        return
+    from harness.evidence.rmp import ANY_ASID, Expectation
+
+    mem = guest.cfg.memory_mb << 20
+    ram = ((0, min(mem, 2 << 30)), (4 << 30, (4 << 30) + max(0, mem - (2 << 30))))
+    props, verdict = target_evidence.rmp_check(request.node.nodeid, "running",
+                                               Expectation(asid=ANY_ASID, allowed_gpas=ram), (0, min(mem, 2 << 30)))
+    request.node.user_properties.extend(props)
+    assert verdict.ok, f"RMP while the guest runs: {verdict.summary()}"
+
+
 def _workload(guest, request, rounds: int = 20):
     r = guest.transport.run(["/selftests/guests/guest_conversion_workload", WORKLOAD_MODULE, f"rounds={rounds}"],
                             timeout=600, check=False)
@@ -62,8 +78,9 @@ def _workload(guest, request, rounds: int = 20):
     return r.stdout
 
 
-def test_guest_boots_and_converts(guest, request):
+def test_guest_boots_and_converts(guest, target_evidence, request):
     out = _workload(guest, request)
+    _check_rmp_while_running(guest, target_evidence, request)
     guest.close()
     assert guest.clean_exit, "the guest powered off, but QEMU did not exit by itself"
     rounds = [int(n) for n in re.findall(r"# \w+: (\d+) conversion rounds", out)]
@@ -71,7 +88,8 @@ def test_guest_boots_and_converts(guest, request):
 
 
 @pytest.mark.needs("thp", "split_huge_pages")
-def test_guest_converts_while_the_host_splits_and_collapses_its_memory(guest, target, request, thp):
+def test_guest_converts_while_the_host_splits_and_collapses_its_memory(guest, target, target_evidence, request,
+                                                                       thp):
     # THP always + eager khugepaged collapse the VMM's guest RAM; debugfs splits it again.
     thp.set(enabled="always", **KHUGEPAGED_EAGER)
     stop, splits, errors, pid = threading.Event(), [0], [], guest.qemu_pid
@@ -92,6 +110,7 @@ def test_guest_converts_while_the_host_splits_and_collapses_its_memory(guest, ta
     finally:
         stop.set()
         t.join(30)
+    _check_rmp_while_running(guest, target_evidence, request)
     guest.close()
     request.node.user_properties.append(("host_forced_splits", str(splits[0])))
     assert not errors, f"forcing splits of QEMU's memory (pid {pid}) failed: {errors[0]}"

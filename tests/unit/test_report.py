@@ -359,3 +359,29 @@ def test_merged_suite_property_records_the_host(tmp_path):
     merge([("epyc1", tmp_path / "a.xml")], tmp_path / "all.xml")
     suite = next(iter(JUnitXml.fromfile(str(tmp_path / "all.xml"))))
     assert Property("host", "epyc1") in list(suite.properties())
+
+
+def test_running_and_teardown_sidecars_as_the_evidence_writes_them(tmp_path):
+    """The sidecars TargetEvidence.rmp_check writes: a running guest (allowed_gpas, a window: a map)
+    and a teardown check (no window: a verdict, no map)."""
+    from harness.evidence.rmp import ANY_ASID
+
+    d = tmp_path / "rmp" / "t"
+    d.mkdir(parents=True)
+    ents = np.zeros((1024, 2), "<u8")
+    ents[0] = encode_entry(assigned=True, pagesize_2m=True, gpa=0x200000, asid=7, validated=True)
+    ents[600] = encode_entry(assigned=True, gpa=0x9000_0000, asid=7, validated=True)  # outside RAM
+    (d / "running.bin").write_bytes(ents.tobytes())
+    (d / "teardown.bin").write_bytes(np.zeros((1024, 2), "<u8").tobytes())
+    for phase, exp, window in (
+            ("running", {"asid": ANY_ASID, "allowed_gpas": [[0, 0x8000_0000]]}, [0, 0x400000]),
+            ("teardown", {"asid": ANY_ASID, "torn_down": True}, None)):
+        (d / f"{phase}.json").write_text(json.dumps({
+            "dump": f"{phase}.bin", "start_pfn": 0, "phase": phase, "nodeid": "t::x", "target": "ssh://e",
+            "expectation": {"private_gpas": [], "shared_gpas": [], "torn_down": False, "leaked_pfns": [],
+                            "exclusive": True, **exp}, "gpa_window": window}))
+    result = write_summary(tmp_path)
+    pngs = [p for p in result.written if p.suffix == ".png"]
+    assert [p.name for p in pngs] == ["rmp-map-t-running.png"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "1 violation: unexpected_gpa x1" in md and "ok: 1024 entries, 0 assigned to any guest ASID" in md

@@ -346,3 +346,18 @@ def test_teardown_with_an_unknown_asid_finds_every_guest_entry_left():
     assert [(x.invariant, x.pfn) for x in v.violations] == [("assigned_after_teardown", 0x102)]
     clean = check(dump_from_bytes(data[:32], start_pfn=0x100), Expectation(asid=ANY_ASID, torn_down=True))
     assert clean.ok and clean.summary() == "ok: 2 entries, 0 assigned to any guest ASID (0 2M)"
+
+
+def test_a_running_guest_may_keep_private_pages_anywhere_in_its_ram_but_not_outside():
+    from harness.evidence.rmp import ANY_ASID
+
+    entries = [encode_entry(assigned=True, asid=3, gpa=0x5000, validated=True),
+               encode_entry(assigned=True, asid=3, gpa=0x7000, validated=True),
+               encode_entry(assigned=True, asid=3, gpa=0x2_0000_0000, validated=True)]  # 8 GiB: not RAM
+    data = b"".join(lo.to_bytes(8, "little") + hi.to_bytes(8, "little") for lo, hi in entries)
+    dump = dump_from_bytes(data, start_pfn=0x200)
+    ram = ((0, 1 << 30),)
+    v = check(dump, Expectation(asid=ANY_ASID, allowed_gpas=ram))
+    assert [(x.invariant, x.pfn) for x in v.violations] == [("unexpected_gpa", 0x202)]
+    assert "outside the allowed ranges" in v.violations[0].detail
+    assert check(dump_from_bytes(data[:32], start_pfn=0x200), Expectation(asid=ANY_ASID, allowed_gpas=ram)).ok
