@@ -216,11 +216,11 @@ def target_evidence(target, snp_run_dir):
     from harness.evidence.session import TargetEvidence
 
     ev = TargetEvidence(target, snp_run_dir / "targets" / _slug(target.name))
-    ev.start()
     try:
+        ev.start()
         yield ev
     finally:
-        ev.close()
+        ev.close()  # also after a failed start: nothing it began stays on the target
 
 
 @pytest.fixture(autouse=True)
@@ -260,10 +260,15 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     rep = outcome.get_result()
     if rep.when != "call" or _EVIDENCE_KEY not in item.stash:
         return
+    from harness.evidence.session import EvidenceError
+
     ev, window = item.stash[_EVIDENCE_KEY]
     del item.stash[_EVIDENCE_KEY]
     try:
         found = ev.end(window)
+    except EvidenceError as e:  # what was collected still counts; the failure becomes an error
+        item.stash[_EVIDENCE_ERROR_KEY] = e
+        found = e.evidence
     except Exception as e:  # raised again in the fixture's teardown: an error, never INTERNALERROR
         item.stash[_EVIDENCE_ERROR_KEY] = e
         return

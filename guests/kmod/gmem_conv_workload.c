@@ -89,7 +89,7 @@ static int run_case(const struct conv_case *c, unsigned int *done)
 	struct page *pages;
 	u8 *base, *range;
 	size_t bad;
-	int ret = 0, r;
+	int ret = 0, r = 0;
 	unsigned int i;
 
 	pages = alloc_pages(GFP_KERNEL, c->order);

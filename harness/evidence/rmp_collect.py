@@ -81,7 +81,10 @@ def collect_rmp_dump(transport: Transport, info: RmpInfo, local: Path, *, start_
     """Raw entries for [start_pfn, start_pfn + count) into `local`; the whole table by default."""
     if count is None:
         count = info.max_pfn + 1 - start_pfn
-    remote = f"{remote_tmp.rstrip('/')}/snp-harness-rmp-{start_pfn:x}.gz"
+    # A fresh private directory: a fixed name in /tmp, written as root, could be a planted symlink.
+    r = transport.run(["mktemp", "-d", f"{remote_tmp.rstrip('/')}/snp-harness-rmp.XXXXXX"], timeout=60)
+    rdir = r.stdout.strip()
+    remote = f"{rdir}/rmp.gz"
     local.parent.mkdir(parents=True, exist_ok=True)
     packed = local.with_name(local.name + ".gz")
     try:
@@ -89,7 +92,7 @@ def collect_rmp_dump(transport: Transport, info: RmpInfo, local: Path, *, start_
                            str(info.max_entries)], timeout=timeout, check=False)
         transport.get(remote, packed)
     finally:
-        transport.run(["rm", "-f", remote], timeout=60, check=False)
+        transport.run(["rm", "-rf", rdir], timeout=60, check=False)
     with gzip.open(packed, "rb") as src, open(local, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
     got = local.stat().st_size

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import TransportError
+from harness.errors import InfraError, TransportError
 from harness.evidence.dmesg import DmesgSlice, KmsgFollower
 from harness.evidence.rmp_collect import RmpInfo, collect_rmp_dump, read_rmp_info
 from harness.evidence.splats import Splat, classify
@@ -36,6 +36,14 @@ _END = ('e=0; if [ -n "$2" ]; then while IFS= read -r l; do case $l in "#"*) ;; 
 
 def slug(nodeid: str) -> str:
     return _SLUG.sub("_", nodeid).strip("_")[:150] or "test"
+
+
+class EvidenceError(InfraError):
+    """Collecting a test's evidence failed; .evidence holds what was collected before."""
+
+    def __init__(self, message: str, evidence: TestEvidence) -> None:
+        super().__init__(message)
+        self.evidence = evidence
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class TargetEvidence:
         self.rmp: RmpInfo | None = None
         self.rmp_skip: str | None = None
         self.shell: TargetShell | None = None
+        self.leaked: list[tuple[int, int]] = []  # every PFN range the kernel logged as leaked, this session
 
     def start(self) -> None:
         self.shell = TargetShell(self.target.transport)
@@ -130,19 +139,20 @@ class TargetEvidence:
             props += [*report.properties().items(), ("rmp_fault_tracing", "armed")]
         elif not window.traced:
             props.append(("rmp_fault_tracing", f"skipped: {self.trace_skip}"))
+        end_seq = None
         if window.start_seq is None:
             props.append(("dmesg_evidence", f"unavailable: {self.kmsg.unavailable}"))
-            return ev
-        end_seq = None
-        if problem is None:
-            try:
-                end_seq = self.kmsg.wait_for(token)
-            except TransportError as e:
-                problem = str(e)
-        dslice = self.kmsg.slice(window.start_seq, end_seq)
-        self._record_slice(ev, window.nodeid, dslice, problem)
-        if problem is None:
-            self._check_rmp(ev, window.nodeid)
+        else:
+            if problem is None:
+                try:
+                    end_seq = self.kmsg.wait_for(token)
+                except TransportError as e:
+                    problem = str(e)
+            self._record_slice(ev, window.nodeid, self.kmsg.slice(window.start_seq, end_seq), problem)
+        if problem is not None:  # what arrived is kept; the collection failure itself is an error
+            raise EvidenceError(f"{self.target.name}: collecting the evidence of {window.nodeid} failed: "
+                                f"{problem}", ev)
+        self._check_rmp(ev, window.nodeid)
         return ev
 
     def _check_rmp(self, ev: TestEvidence, nodeid: str) -> None:
@@ -152,8 +162,10 @@ class TargetEvidence:
             return
         from harness.evidence.rmp import ANY_ASID, Expectation
 
+        # Leaked pages stay assigned for good: a leak logged in any earlier test excuses them too.
+        self.leaked += ev.leaked_pfns
         props, verdict = self.rmp_check(nodeid, "teardown",
-                                        Expectation(asid=ANY_ASID, torn_down=True, leaked_pfns=ev.leaked_pfns))
+                                        Expectation(asid=ANY_ASID, torn_down=True, leaked_pfns=tuple(self.leaked)))
         ev.properties += props
         if not verdict.ok:
             ev.rmp_problem = verdict.summary()
@@ -179,6 +191,8 @@ class TargetEvidence:
                             "leaked_pfns": [list(r) for r in exp.leaked_pfns], "exclusive": exp.exclusive,
                             "allowed_gpas": [list(r) for r in exp.allowed_gpas]},
             "gpa_window": list(gpa_window) if gpa_window else None, "verdict": verdict.summary()}, indent=2))
+        if verdict.ok:  # the raw dump is 16 bytes per 4K of host RAM: keep only its gzip (report reads it)
+            dump.unlink()
         suffix = "" if phase == "teardown" else f"_{phase}"
         return [(f"rmp_verdict{suffix}", verdict.summary()), ("rmp_dump", str(sidecar))], verdict
 

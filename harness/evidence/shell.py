@@ -22,11 +22,13 @@ class TargetShell:
     def __init__(self, transport: Transport) -> None:
         self.where = transport.name
         self._proc = transport.spawn(["sh"])
+        self._broken: str | None = None  # why it was closed after an error
 
     def run(self, script: str, *args: str, timeout: float = 60) -> tuple[int, str]:
         """(exit status, stdout+stderr) of `script` with $1.. = args, in the shell."""
         if self._proc is None:
-            raise TransportError(f"{self.where}: the evidence shell is closed")
+            raise TransportError(f"{self.where}: the evidence shell is closed"
+                                 + (f" after an earlier failure: {self._broken}" if self._broken else ""))
         end = uuid.uuid4().hex
         # The newline before the sentinel keeps it on a line of its own after output without one.
         self._proc.write(f"set -- {shlex.join(args)}\n{{ {script}\n}} 2>&1; printf '\\n%s %d\\n' {end} $?\n")
@@ -39,7 +41,8 @@ class TargetShell:
                 if line.startswith(end + " "):
                     break
                 lines.append(line)
-        except TransportError:
+        except TransportError as e:
+            self._broken = str(e)
             self.close()
             raise
         if lines and lines[-1] == "":

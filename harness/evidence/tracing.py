@@ -20,7 +20,7 @@ EVENT = "events/kvm/kvm_rmp_fault"
 
 # $1: the instance dir; $2: the event. Enabled once per session: toggling a tracepoint
 # patches kernel text (stop_machine), far too slow to do around every test under TCG.
-_ENABLE = 'echo 1 > "$1/$2/enable" && echo 1 > "$1/tracing_on"'
+_ENABLE = ': > "$1/trace" && echo 1 > "$1/$2/enable" && echo 1 > "$1/tracing_on"'  # a reused instance: empty first
 _DISABLE = 'echo 0 > "$1/tracing_on"; echo 0 > "$1/$2/enable"'
 
 _FAULT = re.compile(r"kvm_rmp_fault: vcpu (\d+) gpa ([0-9a-fA-F]+) pfn 0x([0-9a-fA-F]+) "

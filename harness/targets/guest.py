@@ -148,6 +148,7 @@ class Guest:
     _lines: list[str] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _ended: bool = False
+    _remote: str | None = None  # the upload directory on the target
     clean_exit: bool | None = None  # after close(): QEMU exited after the guest powered off
 
     @property
@@ -172,7 +173,9 @@ class Guest:
                           ssh_port=port, pidfile=f"{remote}/qemu.pid", sev=sev)
         (self.workdir / "qemu.cmdline").write_text(" ".join(argv) + "\n")
         self.console_log = self.workdir / "console.log"
-        self._proc = t.spawn(argv)
+        self._remote = remote
+        # QEMU's own errors (a bad SNP option, KVM_SEV_* failures) go to the console log too.
+        self._proc = t.spawn(["sh", "-c", 'exec "$@" 2>&1', "sh", *argv])
         follow_lines(self._proc, self.console_log, self._line, self._end, f"{self.name} console")
         self._wait_ready()
         known = self.workdir / "known_hosts"
@@ -252,6 +255,12 @@ class Guest:
             proc, self._proc = self._proc, None
             self.clean_exit = asked and proc.exit_status(grace_s) is not None
             proc.kill()  # a no-op beyond the channel when QEMU exited; else QEMU by its PID (spawn execs it)
+        if self._remote is not None:
+            remote, self._remote = self._remote, None
+            try:  # bzImage + initramfs: on the QEMU target /tmp is RAM
+                self.host.transport.run(["rm", "-rf", remote], timeout=60, check=False)
+            except TransportError as e:
+                log.warning("%s: could not remove %s: %s", self.host.name, remote, e)
 
 
 # Firmware a plain q35 guest (-nodefaults, -vga none, -kernel, virtio-net without ROM) loads.

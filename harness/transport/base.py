@@ -124,9 +124,13 @@ def follow_lines(proc: Process, log_path: Path, on_line: Callable[[str], None],
                 if line is None:
                     on_end("reader ended (EOF)")
                     return
-                out.write(line + "\n")
-                out.flush()
-                on_line(line)
+                try:
+                    out.write(line + "\n")
+                    out.flush()
+                    on_line(line)
+                except Exception as e:  # a full disk, a bug in on_line: say so, never die silently
+                    on_end(f"handling a line failed: {e}")
+                    return
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()

@@ -35,6 +35,7 @@ _KILL_SCRIPT = (
     'while [ "$i" -lt 10 ] && kill -0 "$1" 2>/dev/null; do sleep 0.1; i=$((i+1)); done; '
     'kill -KILL "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null; true'
 )
+_PID_MARK = re.compile(rb"(?:^|\n)snp-harness-pid:(\d+)\n")  # a login script may print before it
 _WINDOW = 16 * 1024 * 1024  # large window: bulk output and sftp are not throttled
 
 
@@ -365,6 +366,7 @@ class RemoteProcess:
         self._end_remote = end_remote
         self._buf = b""
         self._err = b""
+        self._pid: int | None = None
 
     def readline(self, timeout: float) -> str | None:
         """The next stdout line, or None at EOF; TransportError if none comes in time."""
@@ -403,15 +405,17 @@ class RemoteProcess:
 
     @property
     def pid(self) -> int | None:
-        """The command's PID on the target (from the marker remote_command prints first on stderr)."""
-        deadline = time.monotonic() + 5
-        while b"\n" not in self._err and time.monotonic() < deadline and not self._chan.closed:
-            if self._chan.recv_stderr_ready():
-                self._err += self._chan.recv_stderr(4096)
-            else:
-                time.sleep(0.01)
-        m = re.match(rb"snp-harness-pid:(\d+)\n", self._err)
-        return int(m.group(1)) if m else None
+        """The command's PID on the target (from the marker remote_command prints on stderr)."""
+        if self._pid is None:
+            deadline = time.monotonic() + 5
+            while (m := _PID_MARK.search(self._err)) is None and len(self._err) < 4096 \
+                    and time.monotonic() < deadline and not self._chan.closed:
+                if self._chan.recv_stderr_ready():
+                    self._err += self._chan.recv_stderr(4096)
+                else:
+                    time.sleep(0.01)
+            self._pid = int(m.group(1)) if m else None
+        return self._pid
 
     def kill(self) -> None:
         """End the process (group) on the target by its PID, then close the channel.

@@ -60,7 +60,10 @@ def _check_rmp_while_running(guest, target_evidence, request) -> None:
     from harness.evidence.rmp import ANY_ASID, Expectation
 
     mem = guest.cfg.memory_mb << 20
-    ram = ((0, min(mem, 2 << 30)), (4 << 30, (4 << 30) + max(0, mem - (2 << 30))))
+    # RAM (q35: below 2 GiB, the rest above 4 GiB) and the flash just below 4 GiB, where QEMU
+    # puts OVMF as private guest_memfd memory (at most 16 MiB).
+    ram = ((0, min(mem, 2 << 30)), ((4 << 30) - (16 << 20), 4 << 30),
+           (4 << 30, (4 << 30) + max(0, mem - (2 << 30))))
     props, verdict = target_evidence.rmp_check(request.node.nodeid, "running",
                                                Expectation(asid=ANY_ASID, allowed_gpas=ram), (0, min(mem, 2 << 30)))
     request.node.user_properties.extend(props)
@@ -79,9 +82,11 @@ def _workload(guest, request, rounds: int = 20):
 
 
 def test_guest_boots_and_converts(guest, target_evidence, request):
-    out = _workload(guest, request)
-    _check_rmp_while_running(guest, target_evidence, request)
-    guest.close()
+    try:
+        out = _workload(guest, request)
+        _check_rmp_while_running(guest, target_evidence, request)
+    finally:  # before the plugin's after-test RMP check, whatever happened (a skip too)
+        guest.close()
     assert guest.clean_exit, "the guest powered off, but QEMU did not exit by itself"
     rounds = [int(n) for n in re.findall(r"# \w+: (\d+) conversion rounds", out)]
     assert rounds == [20, 20, 20]
@@ -90,8 +95,10 @@ def test_guest_boots_and_converts(guest, target_evidence, request):
 @pytest.mark.needs("thp", "split_huge_pages")
 def test_guest_converts_while_the_host_splits_and_collapses_its_memory(guest, target, target_evidence, request,
                                                                        thp):
-    # THP always + eager khugepaged collapse the VMM's guest RAM; debugfs splits it again.
-    thp.set(enabled="always", **KHUGEPAGED_EAGER)
+    # THP always + eager khugepaged collapse the VMM's guest RAM (anonymous in plain mode, a
+    # memfd, i.e. shmem, for SNP's shared half); debugfs splits it again. 6.12's guest_memfd
+    # (the private half) has no huge folios to split: that part needs a huge-folio series.
+    thp.set(enabled="always", shmem_enabled="always", **KHUGEPAGED_EAGER)
     stop, splits, errors, pid = threading.Event(), [0], [], guest.qemu_pid
 
     def split_loop():
@@ -110,8 +117,10 @@ def test_guest_converts_while_the_host_splits_and_collapses_its_memory(guest, ta
     finally:
         stop.set()
         t.join(30)
-    _check_rmp_while_running(guest, target_evidence, request)
-    guest.close()
+    try:
+        _check_rmp_while_running(guest, target_evidence, request)
+    finally:
+        guest.close()
     request.node.user_properties.append(("host_forced_splits", str(splits[0])))
     assert not errors, f"forcing splits of QEMU's memory (pid {pid}) failed: {errors[0]}"
     assert splits[0] > 0

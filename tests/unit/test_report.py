@@ -385,3 +385,30 @@ def test_running_and_teardown_sidecars_as_the_evidence_writes_them(tmp_path):
     assert [p.name for p in pngs] == ["rmp-map-t-running.png"]
     md = (tmp_path / "summary.md").read_text()
     assert "1 violation: unexpected_gpa x1" in md and "ok: 1024 entries, 0 assigned to any guest ASID" in md
+
+
+def test_dumps_kept_only_gzipped_are_read_from_the_gzip(tmp_path):
+    """TargetEvidence deletes the raw dump of a check that passed and keeps <dump>.gz."""
+    import gzip
+
+    from harness.evidence.rmp import ANY_ASID
+
+    d = tmp_path / "rmp" / "t"
+    d.mkdir(parents=True)
+    ents = np.zeros((1024, 2), "<u8")
+    ents[0] = encode_entry(assigned=True, pagesize_2m=True, gpa=0x200000, asid=7, validated=True)
+    for phase, exp, window in (("running", {"allowed_gpas": [[0, 0x8000_0000]]}, [0, 0x400000]),
+                               ("teardown", {"torn_down": True}, None)):
+        (d / f"{phase}.bin.gz").write_bytes(gzip.compress(ents.tobytes() if phase == "running" else b"\0" * 16))
+        (d / f"{phase}.json").write_text(json.dumps({
+            "dump": f"{phase}.bin", "start_pfn": 0, "phase": phase, "nodeid": "t::x", "target": "ssh://e",
+            "expectation": {"asid": ANY_ASID, "private_gpas": [], "shared_gpas": [], "leaked_pfns": [],
+                            "exclusive": True, **exp},
+            "gpa_window": window, "verdict": "ok: recorded by the evidence"}))
+    result = write_summary(tmp_path)
+    assert [p.name for p in result.written if p.suffix == ".png"] == ["rmp-map-t-running.png"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "ok: 1024 entries, 1 assigned to any guest ASID (1 2M)" in md  # re-checked from the gzip
+    assert "ok: recorded by the evidence" in md  # teardown: no map wanted, the recorded verdict
+    assert sorted(p.name for p in d.iterdir()) == ["running.bin.gz", "running.json", "teardown.bin.gz",
+                                                    "teardown.json"]  # nothing unpacked left behind
