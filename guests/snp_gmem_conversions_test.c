@@ -641,12 +641,6 @@ int main(int argc, char *argv[])
 
 	ksft_print_header();
 	snpt_require_snp();
-	if (!kvm_has_cap(KVM_CAP_GUEST_MEMFD))
-		ksft_exit_skip("KVM_CAP_GUEST_MEMFD not supported\n");
-	if (!(kvm_check_cap(KVM_CAP_MEMORY_ATTRIBUTES) & KVM_MEMORY_ATTRIBUTE_PRIVATE))
-		ksft_exit_skip("KVM_MEMORY_ATTRIBUTE_PRIVATE not supported\n");
-	if (!(kvm_check_cap(KVM_CAP_EXIT_HYPERCALL) & BIT(KVM_HC_MAP_GPA_RANGE)))
-		ksft_exit_skip("KVM_CAP_EXIT_HYPERCALL lacks KVM_HC_MAP_GPA_RANGE\n");
 
 	ksft_set_plan(NR_TESTS + require_huge);
 	for (i = 0; i < NR_OFFSETS; i++)

@@ -612,12 +612,6 @@ int main(void)
 
 	ksft_print_header();
 	snpt_require_snp();
-	if (!kvm_has_cap(KVM_CAP_GUEST_MEMFD))
-		ksft_exit_skip("KVM_CAP_GUEST_MEMFD not supported (no guest_memfd)\n");
-	if (!(kvm_check_cap(KVM_CAP_MEMORY_ATTRIBUTES) & KVM_MEMORY_ATTRIBUTE_PRIVATE))
-		ksft_exit_skip("KVM_MEMORY_ATTRIBUTE_PRIVATE not supported\n");
-	if (!(kvm_check_cap(KVM_CAP_EXIT_HYPERCALL) & BIT(KVM_HC_MAP_GPA_RANGE)))
-		ksft_exit_skip("KVM_CAP_EXIT_HYPERCALL lacks KVM_HC_MAP_GPA_RANGE\n");
 	if (!thp_configured() || thp_never())
 		ksft_exit_skip("THP not available (%s missing or [never])\n", THP_ENABLED);
 	require_split_debugfs();

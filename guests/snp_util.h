@@ -114,8 +114,9 @@ static inline uint64_t snpt_pvalidate(uint64_t gva, bool huge, bool validate, bo
 /* ---- host ---- */
 
 /*
- * Skips (KSFT_SKIP, with the reason) unless KVM offers KVM_X86_SNP_VM and
- * /dev/sev can be opened.
+ * Skips (KSFT_SKIP, with the reason) unless KVM offers KVM_X86_SNP_VM,
+ * /dev/sev can be opened, and KVM has guest_memfd, the private memory
+ * attribute and KVM_HC_MAP_GPA_RANGE exits (includers need linux/kvm_para.h).
  */
 static inline void snpt_require_snp(void)
 {
@@ -127,6 +128,13 @@ static inline void snpt_require_snp(void)
 	if (fd < 0)
 		ksft_exit_skip("cannot open /dev/sev: %s\n", strerror(errno));
 	close(fd);
+	/* What every SNP conversion test here needs besides: private memory and PSC exits. */
+	if (!kvm_has_cap(KVM_CAP_GUEST_MEMFD))
+		ksft_exit_skip("KVM_CAP_GUEST_MEMFD not supported (no guest_memfd)\n");
+	if (!(kvm_check_cap(KVM_CAP_MEMORY_ATTRIBUTES) & KVM_MEMORY_ATTRIBUTE_PRIVATE))
+		ksft_exit_skip("KVM_MEMORY_ATTRIBUTE_PRIVATE not supported\n");
+	if (!(kvm_check_cap(KVM_CAP_EXIT_HYPERCALL) & BIT(KVM_HC_MAP_GPA_RANGE)))
+		ksft_exit_skip("KVM_CAP_EXIT_HYPERCALL lacks KVM_HC_MAP_GPA_RANGE\n");
 }
 
 #ifdef SNP_POLICY_SMT

@@ -213,17 +213,18 @@ class TargetEvidence:
         props += [("splat", f"{s.category}: {s.title}") for s in report.splats]
 
     def close(self) -> None:
-        ended = False
-        if self.shell is not None:  # end the follower and the tracing through the open shell: no forks
+        ended = traced = False
+        if self.shell is not None:  # end the follower and the tracing through the open shell
             try:
                 if self.kmsg.pid:
                     self.shell.end_group(self.kmsg.pid)
                     ended = True
                 if self.trace is not None:
-                    self.shell.run(self.trace.disable_script, *self.trace.disable_args)
+                    self.trace.close(self.shell)
+                    traced = True
             except TransportError as e:
                 log.warning("%s: ending the evidence collection: %s", self.target.name, e)
             self.shell.close()
         self.kmsg.close(ended=ended)
-        if self.trace is not None:
+        if self.trace is not None and not traced:  # the shell was gone: a command of its own
             self.trace.close()

@@ -94,13 +94,11 @@ class RmpFaultTrace:
         """The instance's `trace` file: truncating it clears the buffer, reading it does not consume."""
         return f"{self.instance}/trace"
 
-    disable_script = _DISABLE
-
-    @property
-    def disable_args(self) -> tuple[str, str]:
-        return self.instance, EVENT
-
-    def close(self) -> None:
-        # Disabling twice is harmless; rmdir then removes the instance (buffer and settings).
-        self.transport.run(["sh", "-c", f"{_DISABLE}; rmdir \"$1\"", "sh", *self.disable_args],
-                           timeout=60, check=False)
+    def close(self, shell=None) -> None:
+        """Disable the event and remove the instance (buffer and settings); through an open
+        TargetShell when given (no new channel), else a command of its own."""
+        script, args = f'{_DISABLE}; rmdir "$1"', (self.instance, EVENT)
+        if shell is not None:
+            shell.run(script, *args)
+        else:
+            self.transport.run(["sh", "-c", script, "sh", *args], timeout=60, check=False)
