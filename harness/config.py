@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ENV = "SNP_HARNESS_CONFIG"
 CONFIG_NAME = "snp-harness.toml"
+DEFAULT_LEASE_FILE = "/var/lock/snp-harness.lease"
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
@@ -61,6 +62,10 @@ class HostConfig:
     tags: tuple[str, ...] = ()
     connect_timeout: float = 15.0
     guest: GuestHostConfig = GuestHostConfig()
+    lease_file: str = DEFAULT_LEASE_FILE  # on the host: the flock that makes a run exclusive
+    # A labgrid place whose reservation replaces our lease; the address may then come from it.
+    labgrid_place: str | None = None
+    labgrid_coordinator: str | None = None  # host:port; default: labgrid's own $LG_COORDINATOR
 
 
 @dataclass(frozen=True)
@@ -176,11 +181,12 @@ def _build(path: Path | None, data: dict[str, Any]) -> HarnessConfig:
                             "starting with a letter or digit", name)
         where = f"hosts.{name}"
         t = _table(value, where, _HOST)
-        if "address" not in t:
-            raise _Invalid(f"{where}.address: missing, expected a non-empty string")
+        if "address" not in t and "labgrid_place" not in t:
+            raise _Invalid(f"{where}.address: missing, expected a non-empty string "
+                           "(or a labgrid_place to take it from)")
         hosts[name] = HostConfig(
             name=name,
-            address=_string(t["address"], f"{where}.address"),
+            address=_opt(t, where, "address", _string, ""),
             known_hosts=_opt(t, where, "known_hosts", as_path, known_hosts),
             port=_opt(t, where, "port", _port, 22),
             user=_opt(t, where, "user", _string, "root"),
@@ -191,6 +197,9 @@ def _build(path: Path | None, data: dict[str, Any]) -> HarnessConfig:
             tags=_opt(t, where, "tags", _strings, ()),
             connect_timeout=_opt(t, where, "connect_timeout", _seconds, 15.0),
             guest=_guest_table(t.get("guest", {}), f"{where}.guest"),
+            lease_file=_opt(t, where, "lease_file", _string, DEFAULT_LEASE_FILE),
+            labgrid_place=_opt(t, where, "labgrid_place", _string, None),
+            labgrid_coordinator=_opt(t, where, "labgrid_coordinator", _string, None),
         )
 
     k = _table(data.get("kernel", {}), "kernel", _KERNEL)

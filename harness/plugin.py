@@ -11,14 +11,15 @@ import pytest
 
 from harness.config import HarnessConfig, find_config, load_config
 from harness.errors import ConfigError
-from harness.targets.select import TARGET_KINDS, open_target, target_ids
+from harness.targets.select import TARGET_KINDS, target_ids
 
 _CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 _IDS_KEY = pytest.StashKey[list]()
 _EVIDENCE_KEY = pytest.StashKey[tuple]()  # (TargetEvidence, Window) of the running test
 _EVIDENCE_ERROR_KEY = pytest.StashKey[BaseException]()
 _EVIDENCE_USED_KEY = pytest.StashKey[bool]()
-_GUESTS_KEY = pytest.StashKey[bool]()  # a selected test runs guests on the target
+_GUESTS_KEY = pytest.StashKey[bool]()
+_RUN_DIR_KEY = pytest.StashKey[Path]()  # a selected test runs guests on the target
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,6 +45,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="no per-test dmesg slices, splat checks or kvm_rmp_fault tracing")
     group.addoption("--snp-trust-new-host-key", action="store_true",
                     help="accept and record an unknown host key on first contact (never a changed one)")
+    group.addoption("--snp-host-tag", metavar="TAG", action="append", default=[],
+                    help="also run on every inventory host tagged TAG (repeatable)")
+    group.addoption("--snp-busy-host", choices=("wait", "skip"), default="wait",
+                    help="a host whose lease is held elsewhere: wait for it (up to --snp-lease-wait), "
+                         "or skip its tests with the holder named (default: wait)")
+    group.addoption("--snp-lease-wait", metavar="SECONDS", type=int, default=3600,
+                    help="how long to wait for a busy host's lease before the target errors (default 3600)")
+    group.addoption("--snp-build", metavar="KEY",
+                    help="use this cached build (a key `snp-harness build` printed) instead of building")
+    group.addoption("--snp-repeat", metavar="N", type=int, default=1,
+                    help="run every target test N times (ids get -runK); bisect uses it for flaky tests")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,7 +64,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "needs(*caps): skip unless the target has every capability named, e.g. needs('snp')")
     config.addinivalue_line(
         "markers", "snp_guest: runs guest VMs on the target (the QEMU target then carries QEMU, with 1 vCPU)")
-    if config.getoption("--snp-host") or config.getoption("--snp-config"):
+    if config.getoption("--snp-repeat") < 1:
+        raise pytest.UsageError("--snp-repeat must be 1 or more")
+    if config.getoption("--snp-host") or config.getoption("--snp-config") or config.getoption("--snp-host-tag"):
         _target_ids(config)  # a bad inventory or host name is a usage error, before collection
 
 
@@ -67,7 +81,8 @@ def _target_ids(config: pytest.Config) -> list[str]:
     if _IDS_KEY not in config.stash:
         try:
             config.stash[_IDS_KEY] = target_ids(_harness_config(config), config.getoption("--snp-host"),
-                                                config.getoption("--snp-target"))
+                                                config.getoption("--snp-target"),
+                                                tags=config.getoption("--snp-host-tag"))
         except ConfigError as e:
             raise pytest.UsageError(str(e)) from e
     return config.stash[_IDS_KEY]
@@ -92,6 +107,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target" in metafunc.fixturenames:
         ids = _target_ids(metafunc.config)
         metafunc.parametrize("_snp_target_id", ids, ids=ids, indirect=True, scope="session")
+        n = metafunc.config.getoption("--snp-repeat")
+        if n > 1:
+            metafunc.parametrize("_snp_repeat", range(1, n + 1), ids=[f"run{i}" for i in range(1, n + 1)],
+                                 indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def _snp_repeat(request: pytest.FixtureRequest) -> int:
+    """Which of --snp-repeat's runs this is (1 without it); recorded so reports can count runs."""
+    run = getattr(request, "param", 1)
+    if run > 1 or request.config.getoption("--snp-repeat") > 1:
+        request.node.user_properties.append(("repeat", str(run)))
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -105,15 +133,78 @@ def _snp_target_id(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def snp_run_dir(harness_config, pytestconfig) -> Path:
-    """This session's run directory: build log, consoles, per-test evidence."""
-    from harness.artifacts import new_run_dir
+def snp_run_dir(pytestconfig) -> Path:
+    """This session's run directory: build log, consoles, per-test evidence (one for all xdist workers)."""
+    worker = getattr(pytestconfig, "workerinput", None)
+    if worker is not None and "snp_run_dir" in worker:
+        return Path(worker["snp_run_dir"])
+    return _run_dir(pytestconfig)
 
-    given = pytestconfig.getoption("--snp-run-dir")
-    if given:
-        Path(given).mkdir(parents=True, exist_ok=True)
-        return Path(given)
-    return new_run_dir(harness_config.artifacts.root, "pytest")
+
+def _run_dir(config: pytest.Config) -> Path:
+    if _RUN_DIR_KEY not in config.stash:
+        from harness.artifacts import new_run_dir
+
+        given = config.getoption("--snp-run-dir")
+        if given:
+            Path(given).mkdir(parents=True, exist_ok=True)
+            config.stash[_RUN_DIR_KEY] = Path(given).resolve()
+        else:
+            config.stash[_RUN_DIR_KEY] = new_run_dir(_harness_config(config).artifacts.root, "pytest")
+    return config.stash[_RUN_DIR_KEY]
+
+
+# -- pytest-xdist: one worker per target (`-n N` with N targets), one run directory, one report.
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    if _uses_targets(node.config):
+        node.workerinput["snp_run_dir"] = str(_run_dir(node.config))
+
+
+def _uses_targets(config: pytest.Config) -> bool:
+    return bool(config.getoption("--snp-host") or config.getoption("--snp-host-tag")
+                or config.getoption("--snp-target") or "snp" in (config.getoption("markexpr") or ""))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Tests of one target go to one worker, which alone opens (and leases) that target."""
+    if config.getoption("dist") not in ("load", "loadscope"):
+        return None
+    from harness.xdist_targets import TargetScheduling
+
+    return TargetScheduling(config, log, targets=_target_ids(config))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """A worker's suite properties (build, target facts) into the controller's --junitxml."""
+    props = getattr(node, "workeroutput", {}).get("snp_suite_properties", [])
+    xml = _junit_xml(node.config)
+    for name, value in props:
+        if xml is not None:
+            xml.add_global_property(name, value)
+
+
+def _junit_xml(config: pytest.Config):
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - pytest moved it; properties then stay per worker
+        return None
+    return config.stash.get(xml_key, None)
+
+
+def _suite_recorder(pytestconfig: pytest.Config, record_testsuite_property):
+    """record_testsuite_property, which is a no-op on an xdist worker: there it goes to the controller."""
+    out = getattr(pytestconfig, "workeroutput", None)
+
+    def record(name: str, value) -> None:
+        record_testsuite_property(name, value)
+        if out is not None:
+            out.setdefault("snp_suite_properties", []).append((name, str(value)))
+
+    return record
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +213,10 @@ def snp_build(harness_config, snp_run_dir, pytestconfig):
     from harness.kernel.build import build
     from harness.kernel.plan import build_request
 
+    from harness.kernel.build import cached_build
+
+    if pytestconfig.getoption("--snp-build"):
+        return cached_build(harness_config.cache_dir, pytestconfig.getoption("--snp-build"))
     request = build_request(harness_config, series_name=pytestconfig.getoption("--snp-series"))
     return build(request, snp_run_dir / "build.log")
 
@@ -134,30 +229,45 @@ def target(_snp_target_id, harness_config, pytestconfig, request, snp_run_dir, r
     error, and pytest re-raises the same cached error for every later test of
     this target: a broken target is never rebooted again.
     """
+    from contextlib import ExitStack
+
+    from harness.errors import LeaseError
+    from harness.targets.leasing import held_target
+
     slug = _snp_target_id.replace("://", "-").strip("-/")
-    t = open_target(harness_config, _snp_target_id, workdir=snp_run_dir / "targets" / slug,
-                    trust_new_host_key=pytestconfig.getoption("--snp-trust-new-host-key"),
-                    for_guests=pytestconfig.stash.get(_GUESTS_KEY, False))
-    try:
-        if getattr(t, "boots_by_default", False) or pytestconfig.getoption("--snp-install"):
-            b = request.getfixturevalue("snp_build")
-            t.install(b)
-            t.boot()
-            meta = b.metadata
-            for key, value in (("kernel_build", b.key), ("tree_id", meta.get("key_parts", {}).get("tree_id")),
-                               ("config_sha256", meta.get("config_sha256")), ("series", meta.get("series")),
-                               ("patch_ids", "; ".join(f"{p['patch_id']} {p['subject']}"
-                                                       for p in meta.get("patches", [])))):
-                if value:
-                    record_testsuite_property(f"{t.name} {key}", value)
-        if hasattr(t, "accel"):
-            record_testsuite_property(f"{t.name} accel", f"{t.accel} -cpu {t.cpu}")
-        caps = t.capabilities()
-        for key, value in caps.properties().items():
-            record_testsuite_property(f"{t.name} {key}", value)
+    skip_busy = pytestconfig.getoption("--snp-busy-host") == "skip"
+    with ExitStack() as stack:
+        try:
+            t = stack.enter_context(held_target(
+                harness_config, _snp_target_id, run_id=snp_run_dir.name, workdir=snp_run_dir / "targets" / slug,
+                wait_s=0 if skip_busy else pytestconfig.getoption("--snp-lease-wait"),
+                trust_new_host_key=pytestconfig.getoption("--snp-trust-new-host-key"),
+                for_guests=pytestconfig.stash.get(_GUESTS_KEY, False)))
+        except LeaseError as e:
+            if not skip_busy:
+                raise
+            pytest.skip(f"--snp-busy-host=skip: {e}")
+        _bring_up(t, pytestconfig, request, _suite_recorder(pytestconfig, record_testsuite_property))
         yield t
-    finally:
-        t.close()
+
+
+def _bring_up(t, pytestconfig, request, record) -> None:
+    """Install and boot the build where the target runs it; its facts become suite properties."""
+    if getattr(t, "boots_by_default", False) or pytestconfig.getoption("--snp-install"):
+        b = request.getfixturevalue("snp_build")
+        t.install(b)
+        t.boot()
+        meta = b.metadata
+        for key, value in (("kernel_build", b.key), ("tree_id", meta.get("key_parts", {}).get("tree_id")),
+                           ("config_sha256", meta.get("config_sha256")), ("series", meta.get("series")),
+                           ("patch_ids", "; ".join(f"{p['patch_id']} {p['subject']}"
+                                                   for p in meta.get("patches", [])))):
+            if value:
+                record(f"{t.name} {key}", value)
+    if hasattr(t, "accel"):
+        record(f"{t.name} accel", f"{t.accel} -cpu {t.cpu}")
+    for key, value in t.capabilities().properties().items():
+        record(f"{t.name} {key}", value)
 
 
 @pytest.fixture(autouse=True)
@@ -247,7 +357,9 @@ def _snp_evidence(request: pytest.FixtureRequest, _snp_needs):
 def pytest_unconfigure(config: pytest.Config) -> None:
     """After pytest wrote --junitxml: attachments into it (idempotent; `snp-harness run` repeats it)."""
     xml = getattr(config.option, "xmlpath", None)
-    if not xml or not Path(xml).exists() or not config.stash.get(_EVIDENCE_USED_KEY, False):
+    used = config.stash.get(_EVIDENCE_USED_KEY, False) or (
+        _uses_targets(config) and bool(getattr(config.option, "numprocesses", None)))  # workers used it
+    if not xml or not Path(xml).exists() or not used:
         return
     from harness.report.junit import enrich
 
@@ -258,8 +370,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call):
     outcome = yield
     rep = outcome.get_result()
-    if rep.when != "call" or _EVIDENCE_KEY not in item.stash:
+    if rep.when != "call":
         return
+    if _EVIDENCE_KEY in item.stash:
+        _judge_evidence(item, rep)
+    from harness.errors import InfraError
+
+    if rep.failed and call.excinfo is not None and call.excinfo.errisinstance(InfraError):
+        # The target died or a command hung inside the test body: that says nothing about the
+        # kernel under test. pytest (terminal, JUnit) counts a failed report of a phase other
+        # than "call" as an error, so relabel it; the traceback stays.
+        rep.when = "setup"
+        rep.sections.append(("snp-harness", "infrastructure error during the test body: reported as an error"))
+
+
+def _judge_evidence(item: pytest.Item, rep) -> None:
     from harness.evidence.session import EvidenceError
 
     ev, window = item.stash[_EVIDENCE_KEY]

@@ -15,12 +15,12 @@ import socket
 import time
 from dataclasses import dataclass
 
+from harness.config import DEFAULT_LEASE_FILE as DEFAULT_LOCK
 from harness.errors import LeaseError, TransportError
 from harness.transport.ssh import RemoteProcess, SshTransport
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK = "/var/lock/snp-harness.lease"
 _BUSY = 75  # EX_TEMPFAIL: someone else holds it
 # $1 lock file, $2 holder identity, $3 seconds to wait (0: don't).
 _SCRIPT = (
