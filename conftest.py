@@ -37,6 +37,15 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [i for i in items if not i.get_closest_marker("slow")]
 
 
+@pytest.fixture(autouse=True)
+def _inner_sessions_without_labgrid_plugin(request, monkeypatch):
+    """pytester's inner sessions leave out labgrid's pytest plugin: its `target` fixture clashes
+    with ours (the repository's pyproject does the same with -p no:labgrid)."""
+    if "pytester" in request.fixturenames:
+        request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS when it starts
+        monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:labgrid")  # whatever rootdir the inner run picks
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return DATA_DIR

@@ -22,6 +22,17 @@ _GUESTS_KEY = pytest.StashKey[bool]()
 _RUN_DIR_KEY = pytest.StashKey[Path]()  # a selected test runs guests on the target
 
 
+# labgrid's own pytest plugin (installed with the `labgrid` extra) defines a `target` fixture
+# too; the two cannot share a session, and the harness only runs labgrid-client.
+_CLASHING_PLUGINS = ("labgrid",)
+
+
+def pytest_addhooks(pluginmanager) -> None:
+    for name in _CLASHING_PLUGINS:
+        if not pluginmanager.has_plugin(name):
+            pluginmanager.set_blocked(name)  # entry points load after us in the same pass
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "snp-harness")
     group.addoption("--snp-config", metavar="PATH",
@@ -59,6 +70,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    for name in _CLASHING_PLUGINS:
+        if config.pluginmanager.has_plugin(name):
+            raise pytest.UsageError(f"the {name} pytest plugin was loaded before snp-harness's and defines "
+                                    f"its own `target` fixture; run with -p no:{name}")
     config.addinivalue_line("markers", "snp: kernel suite that drives a target (tests/snp/)")
     config.addinivalue_line(
         "markers", "needs(*caps): skip unless the target has every capability named, e.g. needs('snp')")
@@ -93,7 +108,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from harness.targets.capabilities import KNOWN_CAPS
 
     config.stash[_GUESTS_KEY] = any(item.get_closest_marker("snp_guest") for item in items)
+    timeout_plugin = config.pluginmanager.hasplugin("timeout")
     for item in items:
+        if timeout_plugin and "target" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("timeout"):
+            # Bringing a target up (a cold build, waiting for a lease, a boot) has timeouts of its
+            # own and may rightly take longer than a test may: pytest-timeout times the body only.
+            item.add_marker(pytest.mark.timeout(func_only=True))
         for mark in item.iter_markers("needs"):
             unknown = [c for c in mark.args if c not in KNOWN_CAPS]
             if unknown:

@@ -82,9 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     h.set_defaults(func=cmd_boot)
 
-    from harness.cli.evidence import register
+    from harness.cli import bisect, evidence
 
-    register(sub)  # splats, report: offline, over saved logs and run directories
+    evidence.register(sub)  # splats, report: offline, over saved logs and run directories
+    bisect.register(sub)
     return p
 
 
@@ -343,8 +344,8 @@ def cmd_boot(args) -> int:
     import shlex
 
     from harness.artifacts import new_run_dir
-    from harness.targets.host import REMOTE_ROOT, HostTarget
-    from harness.targets.lease import acquire
+    from harness.targets.host import REMOTE_ROOT
+    from harness.targets.leasing import held_target
 
     config = _config(args)
     host = config.host(args.host)
@@ -359,15 +360,12 @@ def cmd_boot(args) -> int:
         return EXIT_OK
     b = _the_build(args, config)
     run_dir = new_run_dir(config.artifacts.root, f"boot-{host.name}")
-    target = HostTarget(host, workdir=run_dir)
-    try:
-        with acquire(target.transport, run_dir.name, wait_s=args.wait_lease):
-            target.install(b)
-            target.boot()
-        print(f"{target.name}: running {b.metadata.get('kernel_release')} ({b.key})")
-        return EXIT_OK
-    finally:
-        target.close()
+    with held_target(config, f"ssh://{host.name}", run_id=run_dir.name, wait_s=args.wait_lease,
+                     workdir=run_dir) as target:
+        target.install(b)
+        target.boot()
+    print(f"{target.name}: running {b.metadata.get('kernel_release')} ({b.key})")
+    return EXIT_OK
 
 
 # -- trust -----------------------------------------------------------------------

@@ -8,7 +8,6 @@ atomically under the key.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -60,10 +59,7 @@ class BuildRequest:
         if not self.instrumentation:
             return self.series
         instr = load_series(INSTRUMENTATION_DIR)
-        if self.series is None:
-            return instr
-        return Series(f"{self.series.name}+{instr.name}", (*self.series.patches, *(
-            dataclasses.replace(p, index=len(self.series) + p.index) for p in instr.patches)))
+        return instr if self.series is None else self.series.then(instr)
 
 
 @dataclass(frozen=True)

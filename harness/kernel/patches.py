@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -54,6 +55,13 @@ class Series:
 
     def __len__(self) -> int:
         return len(self.patches)
+
+    def then(self, other: Series | None) -> Series:
+        """This series, then `other` on top of it (renumbered), as one."""
+        if other is None:
+            return self
+        return Series(f"{self.name}+{other.name}", (*self.patches, *(
+            dataclasses.replace(p, index=len(self) + p.index) for p in other.patches)))
 
 
 @dataclass(frozen=True)

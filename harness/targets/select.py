@@ -54,7 +54,12 @@ def open_target(config: HarnessConfig, target_id: str, *, trust_new_host_key: bo
     if scheme == "ssh":
         from harness.targets.host import HostTarget
 
-        return HostTarget(host or config.host(rest), trust_new_host_key=trust_new_host_key, workdir=workdir)
+        host = host or config.host(rest)
+        if not host.address:
+            raise ConfigError(f"host {host.name} has no address: it comes from its labgrid place "
+                              f"{host.labgrid_place!r}, which only a leased run reserves "
+                              "(pytest --snp-host, snp-harness boot); or set its address in the inventory")
+        return HostTarget(host, trust_new_host_key=trust_new_host_key, workdir=workdir)
     if scheme == "local":
         from harness.targets.local import LocalTarget
 

@@ -1,0 +1,1 @@
+"""Kernel regression bisect: steps, driver, and the report of a bisect directory."""

@@ -1,0 +1,119 @@
+"""One bisect step: build a commit (cached), run the selection on the target N times, record it.
+
+A step is the same whether `git bisect run` calls it (through `snp-harness bisect-step`)
+or the driver does (endpoints, confirmation, the revert check). Every step appends one
+JSON line to steps.jsonl the moment it ends, so an interrupted bisect loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from harness.bisect.outcome import Verdict, classify
+from harness.errors import BuildError, ConfigError, InfraError, PatchError
+from harness.kernel.patches import Series
+
+PLAN = "bisect.json"
+STEPS = "steps.jsonl"
+
+
+def read_plan(bisect_dir: Path) -> dict:
+    try:
+        return json.loads((Path(bisect_dir) / PLAN).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{bisect_dir}: not a bisect directory ({PLAN}: {e})") from e
+
+
+def write_plan(bisect_dir: Path, plan: dict) -> None:
+    tmp = Path(bisect_dir) / f".{PLAN}.tmp"
+    tmp.write_text(json.dumps(plan, indent=2))
+    os.replace(tmp, Path(bisect_dir) / PLAN)
+
+
+def _next_index(bisect_dir: Path) -> int:
+    try:
+        return 1 + sum(1 for line in (bisect_dir / STEPS).read_text().splitlines() if line.strip())
+    except FileNotFoundError:
+        return 1
+
+
+def _record(bisect_dir: Path, record: dict) -> None:
+    with open(bisect_dir / STEPS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def commit_subject(tree: str | Path, commit: str) -> str:
+    from harness.kernel.source import _git
+
+    return _git(Path(tree), "log", "-1", "--format=%s", commit).strip()
+
+
+def run_step(bisect_dir: Path, commit: str, phase: str, *, series: Series | None = None,
+             label: str = "", progress: Callable | None = None) -> dict:
+    """Test `commit` as the plan says; returns (and records) the step.
+
+    series: patches applied on the commit instead of the plan's series (the revert check).
+    An infrastructure failure is recorded as outcome "infra", never as bad.
+    """
+    from harness.config import find_config, load_config
+    from harness.kernel.build import build
+    from harness.kernel.plan import build_request
+    from harness.run import pytest_argv, run_suites
+
+    bisect_dir = Path(bisect_dir)
+    plan = read_plan(bisect_dir)
+    n = _next_index(bisect_dir)
+    step_dir = bisect_dir / "steps" / f"{n:02d}-{commit[:12]}{label}"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    record = {"n": n, "phase": phase, "commit": commit, "subject": commit_subject(plan["tree"], commit),
+              "outcome": None, "reason": "", "build_key": None, "build_hit": None, "build_s": None,
+              "test_s": None, "runs": 0, "failed_runs": 0, "failed_tests": [],
+              "run_dir": str(step_dir.relative_to(bisect_dir)),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    config = load_config(find_config(plan.get("config")))
+    t = time.monotonic()
+    try:
+        request = build_request(config, tree=Path(plan["tree"]), base=commit, series=series,
+                                series_name=None if series else plan.get("series"))
+        b = build(request, step_dir / "build.log", progress)
+    except (BuildError, PatchError) as e:  # this commit can't be tested; git skips it
+        verdict = Verdict("skip", f"{'build failed' if isinstance(e, BuildError) else 'series does not apply'}: "
+                                  f"{_one_line(e)}")
+        return _finish(bisect_dir, record, verdict, build_s=time.monotonic() - t)
+    except (InfraError, ConfigError) as e:
+        return _finish(bisect_dir, record, Verdict("infra", f"build: {_one_line(e)}"), build_s=time.monotonic() - t)
+    record.update(build_key=b.key, build_hit=b.hit, build_s=round(time.monotonic() - t, 1))
+
+    t = time.monotonic()
+    repeat = int(plan.get("repeat", 1))
+    extra = [*plan["selection"], f"--snp-build={b.key}", *([f"--snp-repeat={repeat}"] if repeat > 1 else [])]
+    argv = pytest_argv(step_dir, config=config.path, hosts=plan.get("hosts", []), install=plan.get("install", False),
+                       series=None, extra=extra)
+    report = run_suites(step_dir, argv, {"build": b.key, "commit": commit, "phase": phase, "bisect": str(bisect_dir),
+                                         "hosts": plan.get("hosts") or ["qemu://"]})
+    verdict = classify(report.pytest_exit, report.cases, repeat)
+    return _finish(bisect_dir, record, verdict, test_s=time.monotonic() - t)
+
+
+def _finish(bisect_dir: Path, record: dict, verdict: Verdict, *, build_s: float | None = None,
+            test_s: float | None = None) -> dict:
+    record.update(outcome=verdict.outcome, reason=verdict.reason, runs=verdict.runs,
+                  failed_runs=verdict.failed_runs, failed_tests=list(verdict.failed_tests), exit=verdict.exit)
+    if build_s is not None:
+        record["build_s"] = round(build_s, 1)
+    if test_s is not None:
+        record["test_s"] = round(test_s, 1)
+    _record(bisect_dir, record)
+    return record
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    first = getattr(e, "first_errors", ())  # the compiler's first error says more than "make failed"
+    return (f"{text}: {first[0]}" if first else text)[:400]
