@@ -153,18 +153,27 @@ def _bisect(bisect_dir: Path, plan: dict, say: Say, progress) -> dict:
     return result
 
 
-def _git_bisect_run(bisect_dir: Path, plan: dict, say: Say) -> str:
-    """Start (or continue) `git bisect run` in the bisect's worktree; its output, also shown as it comes."""
+def ensure_bisecting(bisect_dir: Path, plan: dict) -> Path:
+    """The bisect's worktree, bisecting: as it was, or made again with git's marks replayed from
+    the saved log (a lost worktree), or started fresh. Nothing of the tree is checked out."""
     wt = Path(plan.setdefault("worktree", str(bisect_dir / "git")))
     write_plan(bisect_dir, plan)
-    if not _bisecting(wt):
-        if not (wt / ".git").exists():
-            _git(Path(plan["tree"]), "worktree", "add", "--detach", "--no-checkout", str(wt), plan["bad_commit"])
-        saved = bisect_dir / "git-bisect.log"
-        if saved.exists() and saved.read_text().strip():
-            _git(wt, "bisect", "replay", str(saved))  # the worktree was lost: git's marks come back from the log
-        else:
-            _git(wt, "bisect", "start", "--no-checkout", plan["bad_commit"], plan["good_commit"])
+    if _bisecting(wt):
+        return wt
+    if not (wt / ".git").exists():
+        subprocess.run(["git", "-C", plan["tree"], "worktree", "prune"], capture_output=True)
+        _git(Path(plan["tree"]), "worktree", "add", "--detach", "--no-checkout", str(wt), plan["bad_commit"])
+    saved = bisect_dir / "git-bisect.log"
+    if saved.exists() and saved.read_text().strip():
+        _git(wt, "bisect", "replay", str(saved))
+    else:
+        _git(wt, "bisect", "start", "--no-checkout", plan["bad_commit"], plan["good_commit"])
+    return wt
+
+
+def _git_bisect_run(bisect_dir: Path, plan: dict, say: Say) -> str:
+    """Start (or continue) `git bisect run` in the bisect's worktree; its output, also shown as it comes."""
+    wt = ensure_bisecting(bisect_dir, plan)
     cmd = ["git", "-C", str(wt), "bisect", "run", sys.executable, "-m", "harness.cli", "bisect-step", str(bisect_dir)]
     out: list[str] = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")

@@ -3,7 +3,8 @@
 Eight commits (harness/testing/kernel_history.py): one does not build, one breaks
 KVM_SET_MEMORY_ATTRIBUTES so the misaligned-conversion scenario fails. The bisect is
 first cut short by killing the target's QEMU in the middle of a step, which must abort
-it without marking any commit; --resume then finishes it.
+it without marking any commit; --resume then finishes it. Last, endpoints that do not
+reproduce are refused.
 """
 
 from __future__ import annotations
@@ -124,3 +125,13 @@ def test_bisect_skips_the_broken_build_names_the_culprit_and_survives_a_dead_tar
                         ("bisect_wall_s", round(time.monotonic() - t0)), ("bisect_aborted_after_s", round(aborted_s)),
                         ("bisect_resumed_wall_s", result["wall_s"])):
         record_property(name, value)
+
+    # 3. Endpoints that don't reproduce are refused: here --good already has the regression.
+    proc = _snp_harness("--config", str(inventory), "bisect", "--tree", str(history.repo), "--good", history.culprit,
+                        "--bad", "bisect-history", "--", SELECTION, log=log)
+    assert _wait(proc, 1200, log) == 1
+    (refused,) = [d for d in runs.glob("*-bisect*") if d != bisect_dir]
+    result = json.loads((refused / "bisect.json").read_text())["result"]
+    assert result["status"] == "refused" and "the good endpoint" in result["message"], result
+    assert [s["phase"] for s in read_steps(refused / "steps.jsonl")] == ["endpoint-good"]
+    assert not (refused / "git").exists()  # no bisect was started

@@ -91,38 +91,31 @@ def test_two_hosts_run_on_one_worker_each_holding_its_lease(pytester, two_hosts,
         assert (tmp_path / f"{name}.lease").exists()
 
 
-def _hold(server, known, lock: Path):
-    t = enrolled_transport(server, known, name="other-run")
-    return t, acquire(t, "other-run", lock_path=str(lock))
-
-
-def test_a_busy_host_is_skipped_with_its_holder_named(pytester, two_hosts, tmp_path, monkeypatch):
-    inventory, servers, known = two_hosts
+def _run_while_held(pytester, two_hosts, tmp_path, monkeypatch, held: int, *args: str):
+    """The WHO suite run with `args` while another run holds host number `held`'s lease."""
+    inventory, servers, _known = two_hosts
     monkeypatch.setenv("WHO_DIR", str(tmp_path))
     pytester.makepyfile(test_who=WHO)
-    t, lease = _hold(servers[1], tmp_path / "kh-other", tmp_path / "epyc-b.lease")
+    name = ("epyc-a", "epyc-b")[held]
+    t = enrolled_transport(servers[held], tmp_path / "kh-other", name="other-run")
+    lease = acquire(t, "other-run", lock_path=str(tmp_path / f"{name}.lease"))
     try:
-        result = pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", "--snp-config", str(inventory), "--snp-host-tag", "genoa",
-            "--snp-busy-host", "skip", "--snp-run-dir", str(tmp_path / "run"), "-rs", "test_who.py")
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--snp-config", str(inventory), *args,
+                                             "--snp-run-dir", str(tmp_path / "run"), "-rs", "test_who.py")
     finally:
         lease.release()
         t.close()
+
+
+def test_a_busy_host_is_skipped_with_its_holder_named(pytester, two_hosts, tmp_path, monkeypatch):
+    result = _run_while_held(pytester, two_hosts, tmp_path, monkeypatch, 1,
+                             "--snp-host-tag", "genoa", "--snp-busy-host", "skip")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*--snp-busy-host=skip: ssh://epyc-b is leased by *other-run*"])
 
 
 def test_a_busy_host_is_waited_for_then_errors(pytester, two_hosts, tmp_path, monkeypatch):
-    inventory, servers, known = two_hosts
-    monkeypatch.setenv("WHO_DIR", str(tmp_path))
-    pytester.makepyfile(test_who=WHO)
-    t, lease = _hold(servers[0], tmp_path / "kh-other", tmp_path / "epyc-a.lease")
-    try:
-        result = pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", "--snp-config", str(inventory), "--snp-host", "epyc-a",
-            "--snp-lease-wait", "2", "--snp-run-dir", str(tmp_path / "run"), "-rs", "test_who.py")
-    finally:
-        lease.release()
-        t.close()
+    result = _run_while_held(pytester, two_hosts, tmp_path, monkeypatch, 0,
+                             "--snp-host", "epyc-a", "--snp-lease-wait", "2")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*LeaseError: ssh://epyc-a is leased by *other-run*"])
