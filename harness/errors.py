@@ -81,6 +81,10 @@ class BuildError(InfraError):
         super().__init__(text)
 
 
+class BuildTimeout(BuildError):
+    """make ran past its time limit: the machine, not the commit, is the likely cause (bisect: abort)."""
+
+
 class BootError(InfraError):
     """A kernel did not come up on a target; carries the console's last lines."""
 

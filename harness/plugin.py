@@ -81,6 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "snp_guest: runs guest VMs on the target (the QEMU target then carries QEMU, with 1 vCPU)")
     if config.getoption("--snp-repeat") < 1:
         raise pytest.UsageError("--snp-repeat must be 1 or more")
+    dist = getattr(config.option, "dist", "no")
+    if dist not in ("no", "load", "loadscope") and len(_target_ids(config)) > 1:
+        raise pytest.UsageError(f"--dist {dist} can split one target's tests over two workers, which then "
+                                "wait on each other's lease; use the default (load) or loadscope")
     if config.getoption("--snp-host") or config.getoption("--snp-config") or config.getoption("--snp-host-tag"):
         _target_ids(config)  # a bad inventory or host name is a usage error, before collection
 
@@ -392,19 +396,21 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     rep = outcome.get_result()
     if rep.when != "call":
         return
-    if _EVIDENCE_KEY in item.stash:
-        _judge_evidence(item, rep)
+    splat = _judge_evidence(item, rep) if _EVIDENCE_KEY in item.stash else False
     from harness.errors import InfraError
 
-    if rep.failed and call.excinfo is not None and call.excinfo.errisinstance(InfraError):
-        # The target died or a command hung inside the test body: that says nothing about the
-        # kernel under test. pytest (terminal, JUnit) counts a failed report of a phase other
-        # than "call" as an error, so relabel it; the traceback stays.
+    if rep.failed and not splat and call.excinfo is not None and call.excinfo.errisinstance(InfraError):
+        # The target died or a command hung inside the test body, and the kernel logged nothing
+        # that explains it: no verdict on the kernel under test. pytest (terminal, JUnit) counts
+        # a failed report of a phase other than "call" as an error, so relabel it (its message
+        # then says "failed on setup"); the traceback stays, and a property says what happened.
         rep.when = "setup"
+        rep.user_properties.append(("infrastructure_error", call.excinfo.exconly()[:500]))
         rep.sections.append(("snp-harness", "infrastructure error during the test body: reported as an error"))
 
 
-def _judge_evidence(item: pytest.Item, rep) -> None:
+def _judge_evidence(item: pytest.Item, rep) -> bool:
+    """Apply the test's evidence to its report; True when a kernel splat failed it."""
     from harness.evidence.session import EvidenceError
 
     ev, window = item.stash[_EVIDENCE_KEY]
@@ -416,15 +422,16 @@ def _judge_evidence(item: pytest.Item, rep) -> None:
         found = e.evidence
     except Exception as e:  # raised again in the fixture's teardown: an error, never INTERNALERROR
         item.stash[_EVIDENCE_ERROR_KEY] = e
-        return
+        return False
     item.user_properties.extend(found.properties)
     message = found.failure
     if message is None:
-        return
+        return False
     if rep.failed:  # keep the test's own failure first; the splat goes with it
         rep.sections.append(("kernel splats", message))
     else:
         rep.outcome, rep.longrepr = "failed", message
+    return True
 
 
 @pytest.fixture

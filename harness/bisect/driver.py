@@ -9,29 +9,38 @@ seen before costs a cache lookup.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shlex
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
+from harness.bisect.outcome import STEP_BAD
 from harness.bisect.step import STEPS, commit_subject, read_plan, run_step, write_plan
-from harness.errors import ConfigError, InfraError
+from harness.errors import ConfigError, HarnessError, InfraError
 from harness.kernel.patches import Series, load_mbox
 from harness.kernel.source import _git
 
 Say = Callable[[str], None]
 
 _FIRST_BAD = re.compile(r"^([0-9a-f]{40}) is the first bad commit$", re.M)
+_NAMED = re.compile(r"^# first bad commit: \[([0-9a-f]{40})\]", re.M)
+# git bisect run's command: only the step's own "bad" (STEP_BAD) reaches git as bad. A step that
+# could not run at all (Python missing, an import error, argparse) exits 1 or 2: that aborts.
+GUARD = ('r=0; "$@" || r=$?; case $r in 0|125) exit $r;; '
+         f'{STEP_BAD}) exit 1;; *) echo "bisect-step failed (exit $r): stopping the bisect" >&2; exit 128;; esac')
 _ONLY_SKIPPED = "There are only 'skip'ped commits left to test."
 _SHA = re.compile(r"^([0-9a-f]{40})\b", re.M)
 
 
 def new_plan(tree: Path, good: str, bad: str, selection: Sequence[str], *, repeat: int, hosts: Sequence[str],
              install: bool, series: str | None, verify_revert: bool, config: Path | None,
-             reproducer: str) -> dict:
+             reproducer: str, instrumentation: bool = True) -> dict:
     """The bisect's inputs, checked: both ends are commits of `tree` and good is an ancestor of bad."""
     tree = Path(tree).expanduser().resolve()
     if not (tree / ".git").exists() and not (tree / "HEAD").exists():
@@ -41,6 +50,12 @@ def new_plan(tree: Path, good: str, bad: str, selection: Sequence[str], *, repea
     if not selection:
         raise ConfigError("give the tests to bisect with after --, e.g. "
                           "-- tests/snp/test_gmem.py::test_gmem_misaligned_conversions")
+    if repeat > 1 and any("::" in a and a.endswith("]") for a in selection):
+        raise ConfigError("with --repeat, name tests without their [id] (each run adds -runK to it), "
+                          "or narrow them with -k")
+    if hosts and not install:
+        raise ConfigError("bisecting on --snp-host needs --install: otherwise every step tests the kernel "
+                          "the host runs now")
     ends = {}
     for name, ref in (("good", good), ("bad", bad)):
         try:
@@ -55,47 +70,68 @@ def new_plan(tree: Path, good: str, bad: str, selection: Sequence[str], *, repea
     return {"tree": str(tree), "good": good, "bad": bad, "good_commit": ends["good"], "bad_commit": ends["bad"],
             "selection": list(selection), "repeat": repeat, "hosts": list(hosts), "install": install,
             "series": series, "verify_revert": verify_revert, "config": str(config) if config else None,
+            "instrumentation": instrumentation,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reproducer": reproducer,
             "endpoints_checked": False, "result": {"status": "running"}}
 
 
 def bisect(bisect_dir: Path, say: Say, progress: Callable | None = None) -> dict:
     """Run (or resume) the bisect in `bisect_dir`; returns the plan's result, also written there."""
-    bisect_dir = Path(bisect_dir)
-    plan = read_plan(bisect_dir)
-    t0 = time.monotonic() - plan.get("result", {}).get("wall_s", 0.0)
-    try:
-        result = _bisect(bisect_dir, plan, say, progress)
-    except KeyboardInterrupt:
-        result = {"status": "aborted", "message": "interrupted; continue with "
-                                                  f"`snp-harness bisect --resume {bisect_dir}`"}
-    except InfraError as e:
-        result = {"status": "aborted", "message": f"infrastructure error: {e}; fix it and continue with "
-                                                  f"`snp-harness bisect --resume {bisect_dir}`"}
-    finally:
-        _save_log(bisect_dir, plan)
-    steps = _steps(bisect_dir)
-    result.update(wall_s=round(time.monotonic() - t0, 1),
-                  bisect_steps=sum(1 for s in steps if s["phase"] == "bisect" and s["outcome"] != "infra"),
-                  skipped_steps=sum(1 for s in steps if s["outcome"] == "skip"))
-    plan = read_plan(bisect_dir)
-    plan["result"] = {**plan.get("result", {}), **result}
-    write_plan(bisect_dir, plan)
-    if result["status"] != "aborted":
-        _drop_worktree(plan)
+    bisect_dir = Path(bisect_dir).resolve()  # git runs the step from its worktree: no relative paths
+    with _exclusive(bisect_dir) as lock_fd:
+        plan = read_plan(bisect_dir)
+        t0 = time.monotonic() - plan.get("result", {}).get("wall_s", 0.0)
+        try:
+            result = _bisect(bisect_dir, plan, say, progress, lock_fd)
+        except KeyboardInterrupt:
+            result = {"status": "aborted", "message": "interrupted; continue with "
+                                                      f"`snp-harness bisect --resume {bisect_dir}`"}
+        except HarnessError as e:  # an infrastructure error, or one only a person can mend
+            result = {"status": "aborted", "message": f"{e}; fix it and continue with "
+                                                      f"`snp-harness bisect --resume {bisect_dir}`"}
+        finally:
+            _save_log(bisect_dir, plan)
+        plan = read_plan(bisect_dir)
+        if plan.get("first_bad") and result["status"] == "aborted":
+            result.setdefault("culprit", plan["first_bad"])  # named by git; not yet confirmed
+        steps = _steps(bisect_dir)
+        result.update(wall_s=round(time.monotonic() - t0, 1),
+                      bisect_steps=sum(1 for s in steps if s["phase"] == "bisect" and s["outcome"] != "infra"),
+                      skipped_steps=sum(1 for s in steps if s["outcome"] == "skip"))
+        plan["result"] = result  # a resumed bisect's verdict replaces the abort's, all but the time
+        write_plan(bisect_dir, plan)
+        if result["status"] != "aborted":
+            _drop_worktree(plan)
     from harness.bisect.report import write_report
 
     write_report(bisect_dir)
     return plan["result"]
 
 
-def _bisect(bisect_dir: Path, plan: dict, say: Say, progress) -> dict:
+@contextmanager
+def _exclusive(bisect_dir: Path) -> Iterator[int]:
+    """One driver per bisect directory. The lock's descriptor goes to `git bisect run` too, so a
+    bisect whose driver was killed still holds it while git runs on (a resume then waits its turn)."""
+    fd = os.open(bisect_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{bisect_dir}: another snp-harness bisect (or the git bisect run of one "
+                              "that was killed) is still working here; wait for it to end") from None
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _bisect(bisect_dir: Path, plan: dict, say: Say, progress, lock_fd: int) -> dict:
     def step(commit: str, phase: str, **kw) -> dict:
         say(f"[{phase}] {commit[:12]} {_subject(plan, commit)}: build, boot, run x{plan['repeat']}")
         s = run_step(bisect_dir, commit, phase, progress=progress, **kw)
         say(f"[{phase}] {commit[:12]}: {s['outcome']} - {s['reason']}")
         if s["outcome"] == "infra":
-            raise InfraError(f"step {s['n']} ({phase}, {commit[:12]}): {s['reason']}; no commit was marked")
+            raise InfraError(f"infrastructure error at step {s['n']} ({phase}, {commit[:12]}): {s['reason']}; "
+                             "no commit was marked")
         return s
 
     if not plan.get("endpoints_checked"):
@@ -111,20 +147,27 @@ def _bisect(bisect_dir: Path, plan: dict, say: Say, progress) -> dict:
         plan["endpoints_checked"] = True
         write_plan(bisect_dir, plan)
 
-    output = _git_bisect_run(bisect_dir, plan, say)
-    last = (_steps(bisect_dir) or [{}])[-1]
-    if last.get("outcome") == "infra":
-        raise InfraError(f"step {last['n']} ({last['commit'][:12]}): {last['reason']}; git bisect stopped "
-                         "there and no commit was marked")
-    if _ONLY_SKIPPED in output:
-        candidates = _SHA.findall(output.split(_ONLY_SKIPPED, 1)[1])
-        return {"status": "inconclusive", "candidates": candidates, "message": (
-            f"only untestable (skipped) commits are left: the first bad commit is one of "
-            f"{', '.join(c[:12] for c in candidates)}.")}
-    found = _FIRST_BAD.search(output)
-    if not found:
-        raise InfraError(f"git bisect run ended without naming a commit:\n{output[-2000:]}")
-    culprit = found.group(1)
+    culprit = plan.get("first_bad") or _named_by_git(bisect_dir, plan)
+    if culprit is None:  # not named yet: run (or go on with) git bisect run
+        output = _git_bisect_run(bisect_dir, plan, say, lock_fd)
+        last = (_steps(bisect_dir) or [{}])[-1]
+        if last.get("outcome") == "infra":
+            raise InfraError(
+                f"infrastructure error at step {last['n']} ({last['commit'][:12]}): {last['reason']}; git bisect "
+                f"stopped there and no commit was marked. If this commit can never be tested (say it hangs at "
+                f"boot), skip it: git -C {plan['worktree']} bisect skip {last['commit']}")
+        if _ONLY_SKIPPED in output:
+            candidates = _SHA.findall(output.split(_ONLY_SKIPPED, 1)[1])
+            return {"status": "inconclusive", "candidates": candidates, "message": (
+                f"only untestable (skipped) commits are left: the first bad commit is one of "
+                f"{', '.join(c[:12] for c in candidates)}.")}
+        found = _FIRST_BAD.search(output)
+        if not found:
+            raise InfraError(f"git bisect run ended without naming a commit:\n{output[-2000:]}")
+        culprit = found.group(1)
+    plan["first_bad"] = culprit  # a resume from here on confirms; git is not asked again
+    write_plan(bisect_dir, plan)
+
     result = {"status": "found", "culprit": culprit, "culprit_subject": _subject(plan, culprit)}
     say(f"first bad commit: {culprit[:12]} {result['culprit_subject']}; confirming with {plan['repeat']} run(s)")
     confirm = step(culprit, "confirm")
@@ -135,22 +178,42 @@ def _bisect(bisect_dir: Path, plan: dict, say: Say, progress) -> dict:
             *(f"--snp-host={h}" for h in plan.get("hosts", [])), *(["--snp-install"] if plan.get("install") else [])])
         write_plan(bisect_dir, plan)
     if plan.get("verify_revert"):
+        result.update(_verify_revert(bisect_dir, plan, culprit, step))
+    if not result["confirmed"]:
+        result.update(status="inconclusive", message=(
+            f"git named {culprit[:12]}, but it did not fail again in {plan['repeat']} run(s) "
+            f"({confirm['outcome']}: {confirm['reason']}): the failure is flaky at this rate; bisect again "
+            "with a higher --repeat."))
+    elif result.get("revert_note"):
+        result["message"] = f"{culprit[:12]} is confirmed; {result['revert_note']}"
+    elif result.get("revert_verified") is False:
+        result["message"] = (f"{culprit[:12]} fails and its parent passes, but {plan['bad']} with it "
+                             "reverted still fails: more than one commit is involved.")
+    return result
+
+
+def _verify_revert(bisect_dir: Path, plan: dict, culprit: str, step) -> dict:
+    """--bad with the culprit reverted must pass; a revert that can't be built or applied proves nothing."""
+    try:
         revert = revert_series(Path(plan["tree"]), culprit, bisect_dir / "revert")
         if plan.get("series"):
             from harness.kernel.patches import load_series
             from harness.kernel.plan import find_series
 
             revert = revert.then(load_series(find_series(plan["series"])))
-        result["revert_verified"] = step(plan["bad_commit"], "verify-revert", series=revert,
-                                         label="-revert")["outcome"] == "good"
-    if not result["confirmed"]:
-        result.update(status="inconclusive", message=(
-            f"git named {culprit[:12]}, but it did not fail again in {plan['repeat']} run(s): the failure is "
-            "flaky at this rate; bisect again with a higher --repeat."))
-    elif result.get("revert_verified") is False:
-        result["message"] = (f"{culprit[:12]} fails and its parent passes, but {plan['bad'][:12]} with it "
-                             "reverted still fails: more than one commit is involved.")
-    return result
+    except HarnessError as e:
+        return {"revert_verified": None, "revert_note": f"no revert check: {e}"}
+    s = step(plan["bad_commit"], "verify-revert", series=revert, label="-revert")
+    if s["outcome"] == "skip":
+        return {"revert_verified": None, "revert_note": f"the revert could not be tested: {s['reason']}"}
+    return {"revert_verified": s["outcome"] == "good"}
+
+
+def _named_by_git(bisect_dir: Path, plan: dict) -> str | None:
+    """The first bad commit, when git already named it (the driver died before it could say so)."""
+    saved = bisect_dir / "git-bisect.log"
+    m = _NAMED.search(saved.read_text()) if saved.exists() else None
+    return m.group(1) if m else None
 
 
 def ensure_bisecting(bisect_dir: Path, plan: dict) -> Path:
@@ -171,16 +234,22 @@ def ensure_bisecting(bisect_dir: Path, plan: dict) -> Path:
     return wt
 
 
-def _git_bisect_run(bisect_dir: Path, plan: dict, say: Say) -> str:
+def _git_bisect_run(bisect_dir: Path, plan: dict, say: Say, lock_fd: int) -> str:
     """Start (or continue) `git bisect run` in the bisect's worktree; its output, also shown as it comes."""
     wt = ensure_bisecting(bisect_dir, plan)
-    cmd = ["git", "-C", str(wt), "bisect", "run", sys.executable, "-m", "harness.cli", "bisect-step", str(bisect_dir)]
+    cmd = ["git", "-C", str(wt), "bisect", "run", "sh", "-c", GUARD, "sh",
+           sys.executable, "-m", "harness.cli", "bisect-step", str(bisect_dir)]
     out: list[str] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            pass_fds=(lock_fd,))
     try:
         for line in proc.stdout:
             out.append(line)
             say(line.rstrip("\n"))
+    except BaseException:
+        proc.terminate()  # and stop reading: git must not block on a full pipe while we wait
+        proc.stdout.close()
+        raise
     finally:
         proc.wait()
         _save_log(bisect_dir, plan)
@@ -217,14 +286,23 @@ def _subject(plan: dict, commit: str) -> str:
 
 
 def revert_series(tree: Path, commit: str, workdir: Path) -> Series:
-    """A one-patch series reverting `commit`, for `git am` on any later commit (no checkout needed)."""
-    subject = commit_subject(tree, commit)
-    diff = _git(tree, "diff", "--binary", "--full-index", commit, f"{commit}^")
-    if not diff.strip():
+    """A one-patch series reverting `commit`, for `git am` on any later commit (no checkout needed).
+
+    Plumbing with every user-config knob that changes a diff turned off, read and written as
+    bytes: a CRLF file or a binary blob must come back exactly.
+    """
+    r = subprocess.run(["git", "-C", str(tree), "-c", "diff.noprefix=false", "diff-tree", "-p", "--binary",
+                        "--full-index", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames",
+                        commit, f"{commit}^"], capture_output=True)
+    if r.returncode != 0:
+        raise InfraError(f"git diff-tree {commit[:12]} in {tree}: {r.stderr.decode(errors='replace').strip()}")
+    if not r.stdout.strip():
         raise ConfigError(f"{commit[:12]} changes nothing: there is nothing to revert")
+    subject = commit_subject(tree, commit)
     workdir.mkdir(parents=True, exist_ok=True)
     mbox = workdir / "revert.mbox"
-    mbox.write_text(f"From {commit} Mon Sep 17 00:00:00 2001\nFrom: snp-harness <snp-harness@localhost>\n"
-                    f"Date: Thu, 1 Jan 1970 00:00:00 +0000\nSubject: [PATCH] Revert \"{subject}\"\n\n"
-                    f"This reverts commit {commit}.\n---\n{diff}")
+    head = (f"From {commit} Mon Sep 17 00:00:00 2001\nFrom: snp-harness <snp-harness@localhost>\n"
+            f"Date: Thu, 1 Jan 1970 00:00:00 +0000\nSubject: [PATCH] Revert \"{subject}\"\n\n"
+            f"This reverts commit {commit}.\n---\n")
+    mbox.write_bytes(head.encode() + r.stdout)
     return load_mbox(mbox, workdir / "patches")

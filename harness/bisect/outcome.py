@@ -13,6 +13,11 @@ from typing import Sequence
 from harness.report.junit import Case
 
 EXIT = {"good": 0, "bad": 1, "skip": 125, "infra": 128}
+# What `snp-harness bisect-step` itself exits with. A guard around it (driver.GUARD) hands git
+# 1 only for STEP_BAD: a step that crashed, or a Python that could not even start, exits 1 or 2
+# and must stop the bisect, not mark the commit bad.
+STEP_BAD = 42
+STEP_EXIT = {**EXIT, "bad": STEP_BAD}
 _PYTEST_EXITS = {2: "interrupted", 3: "internal error", 4: "usage error",
                  5: "no tests collected: the selection matches no test"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.bisect.outcome import Verdict, classify
-from harness.errors import BuildError, ConfigError, InfraError, PatchError
+from harness.errors import BuildError, BuildTimeout, ConfigError, InfraError, PatchError
 from harness.kernel.patches import Series
 
 PLAN = "bisect.json"
@@ -42,8 +42,15 @@ def _next_index(bisect_dir: Path) -> int:
 
 
 def _record(bisect_dir: Path, record: dict) -> None:
-    with open(bisect_dir / STEPS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    with open(bisect_dir / STEPS, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():  # a writer killed mid-line must not swallow this record too
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+            f.seek(0, os.SEEK_END)
+            if torn:
+                f.write(b"\n")
+        f.write(json.dumps(record).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -71,6 +78,7 @@ def run_step(bisect_dir: Path, commit: str, phase: str, *, series: Series | None
     n = _next_index(bisect_dir)
     step_dir = bisect_dir / "steps" / f"{n:02d}-{commit[:12]}{label}"
     step_dir.mkdir(parents=True, exist_ok=True)
+    (step_dir / "junit.xml").unlink(missing_ok=True)  # a step cut short before left its own
     record = {"n": n, "phase": phase, "commit": commit, "subject": commit_subject(plan["tree"], commit),
               "outcome": None, "reason": "", "build_key": None, "build_hit": None, "build_s": None,
               "test_s": None, "runs": 0, "failed_runs": 0, "failed_tests": [],
@@ -80,8 +88,11 @@ def run_step(bisect_dir: Path, commit: str, phase: str, *, series: Series | None
     t = time.monotonic()
     try:
         request = build_request(config, tree=Path(plan["tree"]), base=commit, series=series,
-                                series_name=None if series else plan.get("series"))
+                                series_name=None if series else plan.get("series"),
+                                instrumentation=plan.get("instrumentation", True))
         b = build(request, step_dir / "build.log", progress)
+    except BuildTimeout as e:  # a stuck machine says nothing about the commit
+        return _finish(bisect_dir, record, Verdict("infra", f"build: {_one_line(e)}"), build_s=time.monotonic() - t)
     except (BuildError, PatchError) as e:  # this commit can't be tested; git skips it
         verdict = Verdict("skip", f"{'build failed' if isinstance(e, BuildError) else 'series does not apply'}: "
                                   f"{_one_line(e)}")
@@ -98,7 +109,24 @@ def run_step(bisect_dir: Path, commit: str, phase: str, *, series: Series | None
     report = run_suites(step_dir, argv, {"build": b.key, "commit": commit, "phase": phase, "bisect": str(bisect_dir),
                                          "hosts": plan.get("hosts") or ["qemu://"]})
     verdict = classify(report.pytest_exit, report.cases, repeat)
+    if verdict.outcome == "infra":
+        crash = crash_evidence(step_dir)
+        if crash:  # the target died, and the kernel under test said why: that is the commit's doing
+            verdict = Verdict("bad", f"the kernel under test crashed: {crash} ({verdict.reason})", 1, 1,
+                              verdict.failed_tests)
     return _finish(bisect_dir, record, verdict, test_s=time.monotonic() - t)
+
+
+def crash_evidence(step_dir: Path) -> str | None:
+    """The first splat in what the step's targets logged (console, kmsg), as `title (file:line)`."""
+    from harness.evidence.splats import classify as splats
+
+    for log in (*sorted(step_dir.glob("targets/*/console.log")), *sorted(step_dir.glob("targets/*/kmsg.log"))):
+        with open(log, encoding="utf-8", errors="replace") as f:
+            found = splats(f).splats
+        if found:
+            return f"{found[0].title} ({log.relative_to(step_dir)}:{found[0].first_line})"
+    return None
 
 
 def _finish(bisect_dir: Path, record: dict, verdict: Verdict, *, build_s: float | None = None,

@@ -26,8 +26,11 @@ def register(sub) -> None:
                    help="run the selection N times per commit; any failure makes the commit bad (flaky tests)")
     b.add_argument("--verify-revert", action="store_true",
                    help="also check that --bad with the culprit reverted passes")
+    b.add_argument("--no-instrumentation", action="store_true",
+                   help="build without kernel-patches/instrumentation/ (for commits it does not apply to)")
     b.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
-                   help="continue an interrupted bisect (default: the newest unfinished one)")
+                   help="continue an interrupted bisect (default: the newest unfinished one); "
+                        "its plan is in DIR/bisect.json, so no other option is taken")
     b.add_argument("selection", nargs=argparse.REMAINDER, help="after --: the pytest selection")
     b.set_defaults(func=cmd_bisect)
 
@@ -39,13 +42,22 @@ def register(sub) -> None:
 def cmd_bisect(args) -> int:
     from harness.artifacts import new_run_dir
     from harness.bisect.driver import bisect, new_plan
-    from harness.bisect.step import write_plan
+    from harness.bisect.step import read_plan, write_plan
     from harness.cli import _config, _progress
     from harness.errors import ConfigError
 
     config = _config(args)
     if args.resume:
-        bisect_dir = _unfinished(config.artifacts.root) if args.resume == "latest" else Path(args.resume)
+        given = [f"--{k.replace('_', '-')}" for k in ("good", "bad", "tree", "series", "hosts", "install",
+                                                       "verify_revert", "no_instrumentation")
+                 if getattr(args, k)] + (["--repeat"] if args.repeat != 1 else []) + (
+                 ["a selection"] if [a for a in args.selection if a != "--"] else [])
+        if given:
+            raise ConfigError(f"--resume continues the bisect as planned; drop {', '.join(given)}")
+        bisect_dir = _unfinished(config.artifacts.root) if args.resume == "latest" else Path(args.resume).resolve()
+        status = read_plan(bisect_dir).get("result", {}).get("status")
+        if status not in ("running", "aborted"):
+            raise ConfigError(f"{bisect_dir}: this bisect is finished ({status}); see its bisect.md")
     else:
         if not (args.good and args.bad):
             raise ConfigError("give --good REF and --bad REF (or --resume DIR)")
@@ -57,7 +69,8 @@ def cmd_bisect(args) -> int:
         selection = [a for a in args.selection if a != "--"]
         plan = new_plan(Path(tree), args.good, args.bad, selection, repeat=args.repeat, hosts=args.hosts,
                         install=args.install, series=args.series, verify_revert=args.verify_revert,
-                        config=config.path, reproducer=shlex.join(["snp-harness", *sys.argv[1:]]))
+                        config=config.path, reproducer=shlex.join(["snp-harness", *sys.argv[1:]]),
+                        instrumentation=not args.no_instrumentation)
         bisect_dir = new_run_dir(config.artifacts.root, "bisect")
         write_plan(bisect_dir, plan)
     print(f"bisect directory: {bisect_dir}", flush=True)
@@ -88,6 +101,7 @@ def _unfinished(root: Path) -> Path:
 def cmd_bisect_step(args) -> int:
     """Never exits 1..127 by accident: any failure of the harness itself aborts the bisect (128)."""
     try:
+        from harness.bisect.outcome import STEP_EXIT
         from harness.bisect.step import read_plan, run_step
         from harness.cli import _progress
         from harness.kernel.source import _git
@@ -95,7 +109,7 @@ def cmd_bisect_step(args) -> int:
         plan = read_plan(Path(args.bisect_dir))
         commit = _git(Path(plan["worktree"]), "rev-parse", "BISECT_HEAD").strip()
         with _progress() as progress:
-            return run_step(Path(args.bisect_dir), commit, "bisect", progress=progress)["exit"]
+            return STEP_EXIT[run_step(Path(args.bisect_dir), commit, "bisect", progress=progress)["outcome"]]
     except BaseException as e:  # noqa: BLE001 - git must see 128+, never "bad"
         print(f"bisect-step: {type(e).__name__}: {e}", file=sys.stderr)
         return ABORT

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import BuildError
+from harness.errors import BuildError, BuildTimeout
 from harness.kernel import buildlog
 from harness.kernel.cache import BuildCache, BuildKey, compiler_version, files_digest, series_digest
 from harness.kernel.kconfig import ConfigRequest, make_config
@@ -273,7 +273,7 @@ def _run_make(worktree, obj, args, env, logf, progress, phase, log_path) -> None
     try:
         r = LocalTransport().run(argv, timeout=BUILD_TIMEOUT_S, check=False, env=env, sink=sink)
     except CommandTimeout as e:
-        raise BuildError(f"make {' '.join(args)} timed out after {BUILD_TIMEOUT_S}s", log_path) from e
+        raise BuildTimeout(f"make {' '.join(args)} timed out after {BUILD_TIMEOUT_S}s", log_path) from e
     if r.exit_status != 0:
         errors = buildlog.first_errors(log_path.read_text(errors="replace").splitlines())
         raise BuildError(f"make {' '.join(args)} failed (exit {r.exit_status})", log_path, errors)

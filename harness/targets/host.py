@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from harness.config import BootMethod, HostConfig
 from harness.errors import BootError, BootTimeout, ConfigError, HostKeyError, TransportError
@@ -67,6 +68,8 @@ class HostTarget(ProbedTarget):
         self._console: subprocess.Popen | None = None
         self._firing = None  # the reboot command's channel, until the host goes down
         self.selftests_dir: str | None = None  # set by install()
+        # Run once the host is back on the build: what a reboot undid (the lease's flock) is redone.
+        self.after_boot: list[Callable[[], None]] = []
 
     # -- install --------------------------------------------------------------
 
@@ -123,6 +126,8 @@ class HostTarget(ProbedTarget):
             if not matches_version(self._version, proc_version):
                 raise BootError(f"{self.name} came back, but not on the build: /proc/version is "
                                 f"{proc_version!r}, the build is {self._version!r}", self.console_tail())
+            for hook in self.after_boot:
+                hook()
         except HostKeyError as e:  # never accepted, never "recovered" from
             self.broken = e
             raise

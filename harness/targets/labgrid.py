@@ -228,7 +228,8 @@ class LabgridPlace:
         if holder == me:
             who += " (that is you: another run of yours, or one that died holding it)"
         hint = f"wait longer than {wait_s:g}s" if wait_s > 0 else "wait for it"
-        return LeaseError(f"labgrid place {self.place} is {who}; {hint} (--wait-lease), pick another place, "
+        return LeaseError(f"labgrid place {self.place} is {who}; {hint} (pytest --snp-lease-wait S, "
+                          f"snp-harness boot --wait-lease S), pick another place, "
                           f"or ask the holder to run `labgrid-client -p {self.place} unlock`")
 
     def acquire(self, wait_s: float = 0, *, require_address: bool = True) -> LabgridLease:

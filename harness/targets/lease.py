@@ -25,7 +25,9 @@ _BUSY = 75  # EX_TEMPFAIL: someone else holds it
 # $1 lock file, $2 holder identity, $3 seconds to wait (0: don't).
 _SCRIPT = (
     'mkdir -p "${1%/*}" && exec 9<>"$1" || exit 70; '
-    'if [ "$3" -gt 0 ]; then flock -w "$3" 9; else flock -n 9; fi || { cat "$1"; exit 75; }; '
+    'if [ "$3" -gt 0 ]; then flock -w "$3" 9; else flock -n 9; fi; rc=$?; '
+    # flock says 1 for "held elsewhere" (or the wait ran out); anything else is no lease at all.
+    'if [ $rc -eq 1 ]; then cat "$1"; exit 75; elif [ $rc -ne 0 ]; then echo "flock failed ($rc)"; exit 70; fi; '
     'printf "%s\\n" "$2" > "$1"; echo LEASED; exec cat >/dev/null'
 )
 
@@ -82,7 +84,8 @@ def acquire(transport: SshTransport, run_id: str, *, lock_path: str = DEFAULT_LO
     proc.close()
     if status == _BUSY:
         raise LeaseError(f"{transport.name} is leased by {_describe(' '.join(rest).strip())} "
-                         f"({lock_path}); wait for it (--wait-lease) or pick another host")
+                         f"({lock_path}); wait for it (pytest --snp-lease-wait S, snp-harness boot --wait-lease S) "
+                       "or pick another host")
     raise LeaseError(f"{transport.name}: cannot take the lease on {lock_path} (exit {status}): {' '.join(rest)}")
 
 

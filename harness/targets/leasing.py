@@ -48,4 +48,12 @@ def held_target(config: HarnessConfig, target_id: str, *, run_id: str, wait_s: i
             from harness.targets.lease import acquire
 
             leases.append(acquire(t.transport, run_id, lock_path=host.lease_file, wait_s=wait_s))
+
+            def relock() -> None:
+                # A reboot ends the SSH channel that held the flock: take it again at once. A run
+                # that slipped in meanwhile makes this a LeaseError naming it, never a shared host.
+                leases.pop().release()
+                leases.append(acquire(t.transport, run_id, lock_path=host.lease_file, wait_s=0))
+
+            t.after_boot.append(relock)
         yield t

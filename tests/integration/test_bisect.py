@@ -66,7 +66,7 @@ def _wait(proc: subprocess.Popen, timeout: float, log: Path) -> int:
 
 
 def test_bisect_skips_the_broken_build_names_the_culprit_and_survives_a_dead_target(
-        kernel_cache, kernel_source, kernel_build, tmp_path, record_property):
+        kernel_cache, kernel_source, kernel_build, tmp_path, record_testsuite_property):
     history = make_history(kernel_source.repo, kernel_cache / "test-trees" / "bisect", IMPORT_TAG)
     runs = tmp_path / "runs"
     inventory = tmp_path / "inv.toml"
@@ -124,7 +124,7 @@ def test_bisect_skips_the_broken_build_names_the_culprit_and_survives_a_dead_tar
     for name, value in (("bisect_steps", len(bisecting)), ("bisect_skipped", len(skipped)),
                         ("bisect_wall_s", round(time.monotonic() - t0)), ("bisect_aborted_after_s", round(aborted_s)),
                         ("bisect_resumed_wall_s", result["wall_s"])):
-        record_property(name, value)
+        record_testsuite_property(name, value)
 
     # 3. Endpoints that don't reproduce are refused: here --good already has the regression.
     proc = _snp_harness("--config", str(inventory), "bisect", "--tree", str(history.repo), "--good", history.culprit,

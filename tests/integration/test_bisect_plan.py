@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from harness.bisect.driver import ensure_bisecting, new_plan, revert_series
+from harness.bisect.driver import GUARD, ensure_bisecting, new_plan, revert_series
+from harness.bisect.outcome import STEP_BAD
 from harness.bisect.step import write_plan
 from harness.cli.bisect import ABORT, cmd_bisect_step
 from harness.errors import ConfigError
@@ -89,10 +91,11 @@ def test_a_lost_worktree_is_rebuilt_from_the_saved_log(repo, tmp_path):
 
 
 def test_revert_series_undoes_text_binary_and_new_files(tmp_path):
+    """Also with a user's diff settings that would spoil a porcelain diff."""
     r = tmp_path / "linux"
     r.mkdir()
     git(r, "init", "-q", "-b", "main")
-    (r / "a.c").write_text("int a = 0;\n")
+    (r / "a.c").write_bytes(b"int a = 0; /* caf\xe9 */\n")  # not UTF-8: must come back byte for byte
     (r / "b.bin").write_bytes(bytes(range(256)))
     git(r, "add", "-A")
     git(r, "commit", "-qm", "base")
@@ -106,6 +109,8 @@ def test_revert_series_undoes_text_binary_and_new_files(tmp_path):
     git(r, "add", "-A")
     git(r, "commit", "-qm", "later")
 
+    git(r, "config", "diff.noprefix", "true")
+    git(r, "config", "color.diff", "always")
     series = revert_series(r, culprit, tmp_path / "revert")
     (patch,) = series.patches
     assert patch.subject == 'Revert "the culprit"'
@@ -113,7 +118,7 @@ def test_revert_series_undoes_text_binary_and_new_files(tmp_path):
     wt = tmp_path / "apply"
     git(r, "worktree", "add", "-q", "--detach", str(wt), "main")
     git(wt, "am", "-3", str(patch.path))
-    assert (wt / "a.c").read_text() == "int a = 0;\n"
+    assert (wt / "a.c").read_bytes() == b"int a = 0; /* caf\xe9 */\n"
     assert (wt / "b.bin").read_bytes() == bytes(range(256))
     assert not (wt / "new.h").exists() and (wt / "c.c").exists()
 
@@ -123,3 +128,47 @@ def test_a_step_that_cannot_start_aborts_the_bisect_instead_of_marking(tmp_path)
         bisect_dir = str(tmp_path / "no-such-bisect")
 
     assert cmd_bisect_step(Args()) == ABORT >= 128
+
+
+@pytest.mark.parametrize("step_exit,git_sees", [(0, 0), (STEP_BAD, 1), (125, 125), (1, 128), (2, 128),
+                                                (3, 128), (128, 128), (-9, 128)])
+def test_only_the_steps_own_verdicts_reach_git(step_exit, git_sees):
+    """A Python traceback (exit 1) or an argparse error (2) must stop the bisect, never mark bad."""
+    body = ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)" if step_exit < 0
+            else f"raise SystemExit({step_exit})")
+    r = subprocess.run(["sh", "-c", GUARD, "sh", sys.executable, "-c", body], capture_output=True)
+    assert r.returncode == git_sees
+
+
+def test_one_driver_per_bisect_directory(tmp_path):
+    from harness.bisect.driver import _exclusive
+
+    with _exclusive(tmp_path):
+        with pytest.raises(ConfigError, match="still working here"):
+            with _exclusive(tmp_path):
+                pass
+    with _exclusive(tmp_path):  # free again once the first let go
+        pass
+
+
+def test_resume_refuses_new_options_and_finished_bisects(tmp_path, repo, capsys):
+    from harness import cli
+
+    r, commits = repo
+    plan = plan_for(r, commits[0], commits[-1])
+    plan["result"] = {"status": "found"}
+    write_plan(tmp_path, plan)
+    assert cli.main(["bisect", "--resume", str(tmp_path), "--repeat", "3"]) == cli.EXIT_USAGE
+    assert "drop --repeat" in capsys.readouterr().err
+    assert cli.main(["bisect", "--resume", str(tmp_path)]) == cli.EXIT_USAGE
+    assert "this bisect is finished (found)" in capsys.readouterr().err
+
+
+def test_plan_refuses_hosts_without_install_and_ids_with_repeat(repo):
+    r, commits = repo
+    with pytest.raises(ConfigError, match="needs --install"):
+        new_plan(r, commits[0], commits[-1], ["tests/snp"], repeat=1, hosts=["epyc1"], install=False,
+                 series=None, verify_revert=False, config=None, reproducer="")
+    with pytest.raises(ConfigError, match="without their \\[id\\]"):
+        new_plan(r, commits[0], commits[-1], ["tests/snp/test_gmem.py::test_x[qemu://]"], repeat=3, hosts=[],
+                 install=False, series=None, verify_revert=False, config=None, reproducer="")

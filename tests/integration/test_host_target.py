@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 def qemu_host(kernel_build, tmp_path):
     """A VM with kexec-tools, kept alive across guest reboots so QMP can reset it; and its inventory entry."""
     vm = QemuTarget(tmp_path / "vm", QemuConfig(memory="2G", no_reboot=False))
-    vm.install(kernel_build, extra_binaries=(Path(shutil.which("kexec")),))
+    # util-linux's flock for the lease (busybox has none); it must survive a kexec into the same image.
+    vm.install(kernel_build, extra_binaries=(Path(shutil.which("kexec")), Path(shutil.which("flock"))))
     vm.boot()
     host = HostConfig(
         name="qemu-host", address="127.0.0.1", port=vm.port, user="root",
@@ -82,9 +83,6 @@ def test_boot_cli_leases_installs_and_kexecs(qemu_host, kernel_build, kernel_cac
     from harness import cli
 
     vm, host = qemu_host
-    # The VM's initramfs has no flock (busybox lacks it): give it util-linux's for the lease.
-    vm.transport.put(Path(shutil.which("flock")), "/usr/bin/flock")
-    vm.transport.run(["chmod", "755", "/usr/bin/flock"], timeout=30)
     inventory = tmp_path / "inv.toml"
     inventory.write_text(
         f'[harness]\ncache_dir = "{kernel_cache}"\n'
@@ -98,6 +96,9 @@ def test_boot_cli_leases_installs_and_kexecs(qemu_host, kernel_build, kernel_cac
     assert f"ssh://vmhost: running {kernel_build.metadata['kernel_release']} ({kernel_build.key})" in out.out
     vm.transport.close()
     assert boot_id(vm.transport) != before
+    # The reboot ended the flock's channel; the lease was taken again in the new boot (a fresh /var/lock).
+    holder = vm.transport.run(["cat", "/var/lock/snp-harness.lease"], timeout=30).stdout
+    assert "-boot-vmhost" in holder, holder
 
 
 def test_boot_and_qemu_dry_runs_print_commands(tmp_path, capsys):

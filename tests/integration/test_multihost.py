@@ -31,8 +31,10 @@ from pathlib import Path
 def test_who_holds_the_lease(target, harness_config):
     host = harness_config.host(target.name.split("://")[-1] if "://" in target.name else target.name)
     holder = json.loads(target.transport.run(["cat", host.lease_file], timeout=30).stdout)
+    # Held, not just written: a second flock on the file must fail while the session runs.
+    probe = target.transport.run(["flock", "-n", host.lease_file, "true"], timeout=30, check=False).exit_status
     out = Path(os.environ["WHO_DIR"]) / f"{host.name}.json"
-    out.write_text(json.dumps({"worker": os.environ.get("PYTEST_XDIST_WORKER"), "holder": holder}))
+    out.write_text(json.dumps({"worker": os.environ.get("PYTEST_XDIST_WORKER"), "holder": holder, "probe": probe}))
 """
 
 
@@ -77,6 +79,7 @@ def test_two_hosts_run_on_one_worker_each_holding_its_lease(pytester, two_hosts,
     assert who["epyc-a"]["worker"] != who["epyc-b"]["worker"], "both hosts ran on one worker"
     for name, seen in who.items():
         assert seen["holder"]["run_id"] == run_dir.name, f"{name} was not leased by this run: {seen}"
+        assert seen["probe"] == 1, f"{name}'s lease file was not locked during the session: {seen}"
 
     cases = _cases(tmp_path / "junit.xml")
     by_host = {t: [c for c in cases if c.get("target") == t] for t in ("ssh://epyc-a", "ssh://epyc-b")}
