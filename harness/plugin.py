@@ -405,7 +405,7 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         # a failed report of a phase other than "call" as an error, so relabel it (its message
         # then says "failed on setup"); the traceback stays, and a property says what happened.
         rep.when = "setup"
-        rep.user_properties.append(("infrastructure_error", call.excinfo.exconly()[:500]))
+        item.user_properties.append(("infrastructure_error", call.excinfo.exconly()[:500]))  # JUnit: teardown's
         rep.sections.append(("snp-harness", "infrastructure error during the test body: reported as an error"))
 
 

@@ -62,4 +62,5 @@ def run_suites(run_dir: Path, argv: list[str], metadata: dict) -> RunReport:
             "counts": {o: sum(1 for c in cases if c.outcome == o) for o in ("passed", "failed", "error", "skipped")}}
     (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
     finished = finish_run(run_dir)  # enriched JUnit + summary.md/html, offline from what was written
+    cases = read_cases(run_dir / "junit.xml")  # as enriched: errors named for what they were
     return RunReport(run_dir, rc, tuple(cases), finished.written, finished.problems)

@@ -126,8 +126,22 @@ def enrich(junit_path: Path, run_dir: Path, metadata: dict | None = None, *,
             _set_property(suite, name, value)
         for tc in suite:
             problems += _attach(tc, run_dir, relative_to)
+            _name_infra_errors(tc)
     problems += _write(xml, junit_path)
     return problems
+
+
+_SETUP_PREFIX = 'failed on setup with "'
+
+
+def _name_infra_errors(tc) -> None:
+    """An infrastructure error the plugin relabelled in a test body reads as one, not as "setup"."""
+    if not any(p.name == "infrastructure_error" for p in tc.properties()):
+        return
+    for err in tc._elem.findall("error"):
+        message = err.get("message", "")
+        if message.startswith(_SETUP_PREFIX):
+            err.set("message", "infrastructure error in the test body: " + message[len(_SETUP_PREFIX):-1])
 
 
 def merge(inputs: Sequence[tuple[str, Path]], out: Path) -> list[str]:

@@ -77,3 +77,31 @@ def test_unknown_host_and_bad_capability_are_usage_errors(pytester, inventory):
     result = pytester.runpytest("test_typo.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*unknown capability*snpp*"])
+
+
+INFRA_SUITE = """
+from harness.errors import TransportError
+
+def test_target_dies_mid_test(target):
+    raise TransportError("qemu://: connection dropped while running /selftests/x")
+
+def test_real_failure(target):
+    assert 1 == 2
+"""
+
+
+def test_an_infrastructure_error_in_a_test_body_is_an_error_not_a_failure(pytester):
+    from harness.report.junit import enrich
+
+    pytester.makepyfile(INFRA_SUITE)
+    result = pytester.runpytest("--snp-target", "local", "--snp-no-evidence", "--junitxml=junit.xml")
+    result.assert_outcomes(failed=1, errors=1)
+    enrich(pytester.path / "junit.xml", pytester.path, {})
+    cases = {tc.get("name"): tc for tc in ET.parse(pytester.path / "junit.xml").iter("testcase")}
+    dead = cases["test_target_dies_mid_test[local://]"]
+    assert dead.find("failure") is None
+    assert dead.find("error").get("message") == ("infrastructure error in the test body: "
+                                                 "harness.errors.TransportError: qemu://: connection dropped "
+                                                 "while running /selftests/x")
+    assert "infrastructure_error" in {p.get("name") for p in dead.iter("property")}
+    assert cases["test_real_failure[local://]"].find("failure") is not None
