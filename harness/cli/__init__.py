@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the main job: build, bring up the target(s), run the kernel suites, report")
     r.add_argument("--snp-host", dest="hosts", metavar="NAME", action="append", default=[],
                    help="inventory host (repeatable; default: the local QEMU target)")
+    r.add_argument("--snp-host-tag", dest="tags", metavar="TAG", action="append", default=[],
+                   help="also every inventory host tagged TAG (repeatable); several hosts run in parallel, "
+                        "one pytest-xdist worker each")
     r.add_argument("--install", action="store_true", help="install and boot the build on the hosts first")
     r.add_argument("--series", metavar="NAME", help="kernel-patches/series/NAME, or a series directory")
     r.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest arguments")
@@ -256,8 +259,11 @@ def cmd_run(args) -> int:
     from harness.run import pytest_argv, run_suites
 
     config = _config(args)
-    for h in args.hosts:
-        config.host(h)  # an unknown host is a usage error now, not a pytest error later
+    from harness.targets.select import target_ids
+
+    # Unknown hosts or tags are usage errors now, not pytest errors later.
+    hosts = [t.split("://", 1)[1] for t in target_ids(config, args.hosts, None, tags=args.tags)
+             if t.startswith("ssh://")]
     run_dir = new_run_dir(config.artifacts.root, "run")
     print(f"run directory: {run_dir}")
     series_name = args.series or config.kernel.series
@@ -266,17 +272,19 @@ def cmd_run(args) -> int:
         b = build(build_request(config, series_name=series_name), run_dir / "build.log", progress)
     print(f"      {'cache hit' if b.hit else 'built'}: {b.key} ({b.metadata.get('kernel_release')})", flush=True)
     extra = [a for a in args.pytest_args if a != "--"]
-    argv = pytest_argv(run_dir, config=config.path, hosts=args.hosts, install=args.install,
+    if len(hosts) > 1 and not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in extra):
+        extra = ["-n", str(len(hosts)), *extra]  # each host on a worker of its own, at the same time
+    argv = pytest_argv(run_dir, config=config.path, hosts=hosts, install=args.install,
                        series=args.series, extra=extra)
     print("[2/3] target(s) and [3/3] kernel suites: " + shlex_join(argv), flush=True)
-    reproducer = ["snp-harness", "run", *(f"--snp-host={h}" for h in args.hosts),
+    reproducer = ["snp-harness", "run", *(f"--snp-host={h}" for h in hosts),
                   *(["--install"] if args.install else []), *([f"--series={args.series}"] if args.series else [])]
     report = run_suites(run_dir, argv, {
         "build": b.key, "kernel_release": b.metadata.get("kernel_release"),
         "tree_id": b.metadata.get("key_parts", {}).get("tree_id"),
         "config_sha256": b.metadata.get("config_sha256"),
         "patch_ids": [f"{p['patch_id']} {p['subject']}" for p in b.metadata.get("patches", [])],
-        "series": series_name, "hosts": args.hosts or ["qemu://"],
+        "series": series_name, "hosts": hosts or ["qemu://"],
         "reproducer": shlex_join(["snp-harness", *sys.argv[1:]]), "reproducer_argv": reproducer})
     print(f"\n{'verdict':<10} {'count':>5}")
     for outcome in ("passed", "failed", "error", "skipped"):

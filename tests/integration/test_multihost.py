@@ -122,3 +122,22 @@ def test_a_busy_host_is_waited_for_then_errors(pytester, two_hosts, tmp_path, mo
                              "--snp-host", "epyc-a", "--snp-lease-wait", "2")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*LeaseError: ssh://epyc-a is leased by *other-run*"])
+
+
+@pytest.mark.slow
+def test_run_spreads_tagged_hosts_over_workers_and_reports_each(two_hosts, tmp_path, kernel_cache, kernel_build,
+                                                                capsys):
+    """`snp-harness run --snp-host-tag genoa`: the main job on both hosts at once, one report."""
+    from harness import cli
+
+    inventory, _servers, _known = two_hosts
+    inventory.write_text(inventory.read_text().replace("[harness]\n", f'[harness]\ncache_dir = "{kernel_cache}"\n'))
+    rc = cli.main(["--config", str(inventory), "run", "--snp-host-tag", "genoa", "--", str(PREFLIGHT)])
+    out = capsys.readouterr().out
+    assert rc == cli.EXIT_OK, out
+    assert " -n 2 " in out  # one worker per host, chosen for the user
+    (run_dir,) = (tmp_path / "runs").glob("*-run")
+    cases = _cases(run_dir / "junit.xml")
+    assert {c.get("target") for c in cases} == {"ssh://epyc-a", "ssh://epyc-b"}
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["hosts"] == ["epyc-a", "epyc-b"] and "--snp-host=epyc-b" in meta["reproducer_argv"]
