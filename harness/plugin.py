@@ -82,7 +82,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--snp-repeat") < 1:
         raise pytest.UsageError("--snp-repeat must be 1 or more")
     dist = getattr(config.option, "dist", "no")
-    if dist not in ("no", "load", "loadscope") and len(_target_ids(config)) > 1:
+    if dist not in ("no", "load", "loadscope") and (
+            len(ids := _target_ids(config)) > 1 or any(i.startswith("ssh://") for i in ids)):
         raise pytest.UsageError(f"--dist {dist} can split one target's tests over two workers, which then "
                                 "wait on each other's lease; use the default (load) or loadscope")
     if config.getoption("--snp-host") or config.getoption("--snp-config") or config.getoption("--snp-host-tag"):

@@ -13,10 +13,11 @@ import fcntl
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -29,7 +30,7 @@ from harness.kernel.source import _git
 Say = Callable[[str], None]
 
 _FIRST_BAD = re.compile(r"^([0-9a-f]{40}) is the first bad commit$", re.M)
-_NAMED = re.compile(r"^# first bad commit: \[([0-9a-f]{40})\]", re.M)
+_MARK = re.compile(r"^git bisect (good|bad|skip) ", re.M)
 # git bisect run's command: only the step's own "bad" (STEP_BAD) reaches git as bad. A step that
 # could not run at all (Python missing, an import error, argparse) exits 1 or 2: that aborts.
 GUARD = ('r=0; "$@" || r=$?; case $r in 0|125) exit $r;; '
@@ -40,7 +41,7 @@ _SHA = re.compile(r"^([0-9a-f]{40})\b", re.M)
 
 def new_plan(tree: Path, good: str, bad: str, selection: Sequence[str], *, repeat: int, hosts: Sequence[str],
              install: bool, series: str | None, verify_revert: bool, config: Path | None,
-             reproducer: str, instrumentation: bool = True) -> dict:
+             reproducer: str, instrumentation: bool | None = None) -> dict:
     """The bisect's inputs, checked: both ends are commits of `tree` and good is an ancestor of bad."""
     tree = Path(tree).expanduser().resolve()
     if not (tree / ".git").exists() and not (tree / "HEAD").exists():
@@ -70,7 +71,7 @@ def new_plan(tree: Path, good: str, bad: str, selection: Sequence[str], *, repea
     return {"tree": str(tree), "good": good, "bad": bad, "good_commit": ends["good"], "bad_commit": ends["bad"],
             "selection": list(selection), "repeat": repeat, "hosts": list(hosts), "install": install,
             "series": series, "verify_revert": verify_revert, "config": str(config) if config else None,
-            "instrumentation": instrumentation,
+            "instrumentation": instrumentation,  # None: as the inventory's [kernel] says
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reproducer": reproducer,
             "endpoints_checked": False, "result": {"status": "running"}}
 
@@ -80,6 +81,9 @@ def bisect(bisect_dir: Path, say: Say, progress: Callable | None = None) -> dict
     bisect_dir = Path(bisect_dir).resolve()  # git runs the step from its worktree: no relative paths
     with _exclusive(bisect_dir) as lock_fd:
         plan = read_plan(bisect_dir)
+        status = plan.get("result", {}).get("status")
+        if status not in ("running", "aborted"):
+            raise ConfigError(f"{bisect_dir}: this bisect is finished ({status}); see its bisect.md")
         t0 = time.monotonic() - plan.get("result", {}).get("wall_s", 0.0)
         try:
             result = _bisect(bisect_dir, plan, say, progress, lock_fd)
@@ -94,10 +98,9 @@ def bisect(bisect_dir: Path, say: Say, progress: Callable | None = None) -> dict
         plan = read_plan(bisect_dir)
         if plan.get("first_bad") and result["status"] == "aborted":
             result.setdefault("culprit", plan["first_bad"])  # named by git; not yet confirmed
-        steps = _steps(bisect_dir)
-        result.update(wall_s=round(time.monotonic() - t0, 1),
-                      bisect_steps=sum(1 for s in steps if s["phase"] == "bisect" and s["outcome"] != "infra"),
-                      skipped_steps=sum(1 for s in steps if s["outcome"] == "skip"))
+        marks = _marks(bisect_dir)  # what git acted on, not every record (a cut-short step is not one)
+        result.update(wall_s=round(time.monotonic() - t0, 1), bisect_steps=len(marks),
+                      skipped_steps=sum(1 for m in marks if m == "skip"))
         plan["result"] = result  # a resumed bisect's verdict replaces the abort's, all but the time
         write_plan(bisect_dir, plan)
         if result["status"] != "aborted":
@@ -108,10 +111,16 @@ def bisect(bisect_dir: Path, say: Say, progress: Callable | None = None) -> dict
     return plan["result"]
 
 
+def _marks(bisect_dir: Path) -> list[str]:
+    """good/bad/skip, in order, for each commit git bisect run judged (from the saved log)."""
+    saved = bisect_dir / "git-bisect.log"
+    return _MARK.findall(saved.read_text()) if saved.exists() else []
+
+
 @contextmanager
 def _exclusive(bisect_dir: Path) -> Iterator[int]:
-    """One driver per bisect directory. The lock's descriptor goes to `git bisect run` too, so a
-    bisect whose driver was killed still holds it while git runs on (a resume then waits its turn)."""
+    """One driver per bisect directory. The lock's descriptor goes to `git bisect run` and its step
+    too, so one whose driver was killed holds it until those end (a resume then is refused)."""
     fd = os.open(bisect_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -147,15 +156,26 @@ def _bisect(bisect_dir: Path, plan: dict, say: Say, progress, lock_fd: int) -> d
         plan["endpoints_checked"] = True
         write_plan(bisect_dir, plan)
 
-    culprit = plan.get("first_bad") or _named_by_git(bisect_dir, plan)
-    if culprit is None:  # not named yet: run (or go on with) git bisect run
+    culprit, output = plan.get("first_bad"), ""
+    if culprit is None:
+        # Where git stands now (a resume; marks made by hand): named, stuck on skips, or testing on.
+        output = _git_where(bisect_dir, plan)
+        found = _FIRST_BAD.search(output)
+        culprit = found.group(1) if found else None
+    if culprit is None and _ONLY_SKIPPED not in output:  # not named yet: run (or go on with) git bisect run
+        before = len(_steps(bisect_dir))
         output = _git_bisect_run(bisect_dir, plan, say, lock_fd)
-        last = (_steps(bisect_dir) or [{}])[-1]
+        new_steps = _steps(bisect_dir)[before:]
+        last = new_steps[-1] if new_steps else {}
+        if not new_steps and "bisect-step failed" in output:
+            raise InfraError(f"the bisect step itself failed before testing a commit; no commit was marked:\n"
+                             f"{output[-2000:]}")
         if last.get("outcome") == "infra":
             raise InfraError(
                 f"infrastructure error at step {last['n']} ({last['commit'][:12]}): {last['reason']}; git bisect "
                 f"stopped there and no commit was marked. If this commit can never be tested (say it hangs at "
                 f"boot), skip it: git -C {plan['worktree']} bisect skip {last['commit']}")
+    if culprit is None:
         if _ONLY_SKIPPED in output:
             candidates = _SHA.findall(output.split(_ONLY_SKIPPED, 1)[1])
             return {"status": "inconclusive", "candidates": candidates, "message": (
@@ -209,11 +229,15 @@ def _verify_revert(bisect_dir: Path, plan: dict, culprit: str, step) -> dict:
     return {"revert_verified": s["outcome"] == "good"}
 
 
-def _named_by_git(bisect_dir: Path, plan: dict) -> str | None:
-    """The first bad commit, when git already named it (the driver died before it could say so)."""
-    saved = bisect_dir / "git-bisect.log"
-    m = _NAMED.search(saved.read_text()) if saved.exists() else None
-    return m.group(1) if m else None
+def _git_where(bisect_dir: Path, plan: dict) -> str:
+    """`git bisect next`'s answer in a bisect already under way ("" before one starts): it names
+    the first bad commit, says only skipped commits are left, or moves to the next candidate."""
+    wt = plan.get("worktree")
+    if not wt or not _bisecting(Path(wt)):
+        return ""
+    r = subprocess.run(["git", "-C", wt, "bisect", "next"], capture_output=True, text=True, errors="replace")
+    _save_log(bisect_dir, plan)
+    return r.stdout + r.stderr
 
 
 def ensure_bisecting(bisect_dir: Path, plan: dict) -> Path:
@@ -223,9 +247,8 @@ def ensure_bisecting(bisect_dir: Path, plan: dict) -> Path:
     write_plan(bisect_dir, plan)
     if _bisecting(wt):
         return wt
-    if not (wt / ".git").exists():
-        subprocess.run(["git", "-C", plan["tree"], "worktree", "prune"], capture_output=True)
-        _git(Path(plan["tree"]), "worktree", "add", "--detach", "--no-checkout", str(wt), plan["bad_commit"])
+    if not (wt / ".git").exists():  # -f: ours may still be registered after its directory went
+        _git(Path(plan["tree"]), "worktree", "add", "-f", "--detach", "--no-checkout", str(wt), plan["bad_commit"])
     saved = bisect_dir / "git-bisect.log"
     if saved.exists() and saved.read_text().strip():
         _git(wt, "bisect", "replay", str(saved))
@@ -240,15 +263,17 @@ def _git_bisect_run(bisect_dir: Path, plan: dict, say: Say, lock_fd: int) -> str
     cmd = ["git", "-C", str(wt), "bisect", "run", "sh", "-c", GUARD, "sh",
            sys.executable, "-m", "harness.cli", "bisect-step", str(bisect_dir)]
     out: list[str] = []
+    # A session of its own: a Ctrl-C reaches the driver, which then ends git and its step together.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            pass_fds=(lock_fd,))
+                            pass_fds=(lock_fd,), start_new_session=True)
     try:
         for line in proc.stdout:
             out.append(line)
             say(line.rstrip("\n"))
     except BaseException:
-        proc.terminate()  # and stop reading: git must not block on a full pipe while we wait
-        proc.stdout.close()
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the group we started, by its leader's PID
+        proc.stdout.close()  # and stop reading: git must not block on a full pipe while we wait
         raise
     finally:
         proc.wait()

@@ -77,8 +77,12 @@ def run_step(bisect_dir: Path, commit: str, phase: str, *, series: Series | None
     plan = read_plan(bisect_dir)
     n = _next_index(bisect_dir)
     step_dir = bisect_dir / "steps" / f"{n:02d}-{commit[:12]}{label}"
-    step_dir.mkdir(parents=True, exist_ok=True)
-    (step_dir / "junit.xml").unlink(missing_ok=True)  # a step cut short before left its own
+    if step_dir.exists():  # an attempt cut short before it was recorded: keep it, apart
+        for k in range(1, 1000):
+            if not (aside := step_dir.with_name(f"{step_dir.name}.cut-{k}")).exists():
+                step_dir.rename(aside)
+                break
+    step_dir.mkdir(parents=True)
     record = {"n": n, "phase": phase, "commit": commit, "subject": commit_subject(plan["tree"], commit),
               "outcome": None, "reason": "", "build_key": None, "build_hit": None, "build_s": None,
               "test_s": None, "runs": 0, "failed_runs": 0, "failed_tests": [],
@@ -89,12 +93,12 @@ def run_step(bisect_dir: Path, commit: str, phase: str, *, series: Series | None
     try:
         request = build_request(config, tree=Path(plan["tree"]), base=commit, series=series,
                                 series_name=None if series else plan.get("series"),
-                                instrumentation=plan.get("instrumentation", True))
+                                instrumentation=plan.get("instrumentation"))  # None: the inventory's
         b = build(request, step_dir / "build.log", progress)
     except BuildTimeout as e:  # a stuck machine says nothing about the commit
         return _finish(bisect_dir, record, Verdict("infra", f"build: {_one_line(e)}"), build_s=time.monotonic() - t)
     except (BuildError, PatchError) as e:  # this commit can't be tested; git skips it
-        verdict = Verdict("skip", f"{'build failed' if isinstance(e, BuildError) else 'series does not apply'}: "
+        verdict = Verdict("skip", f"{'build failed' if isinstance(e, BuildError) else 'a patch does not apply'}: "
                                   f"{_one_line(e)}")
         return _finish(bisect_dir, record, verdict, build_s=time.monotonic() - t)
     except (InfraError, ConfigError) as e:
@@ -109,23 +113,39 @@ def run_step(bisect_dir: Path, commit: str, phase: str, *, series: Series | None
     report = run_suites(step_dir, argv, {"build": b.key, "commit": commit, "phase": phase, "bisect": str(bisect_dir),
                                          "hosts": plan.get("hosts") or ["qemu://"]})
     verdict = classify(report.pytest_exit, report.cases, repeat)
-    if verdict.outcome == "infra":
-        crash = crash_evidence(step_dir)
+    if verdict.outcome == "infra" and any(c.outcome == "error" for c in report.cases):
+        crash = crash_evidence(step_dir, b.metadata.get("kernel_release", ""))
         if crash:  # the target died, and the kernel under test said why: that is the commit's doing
             verdict = Verdict("bad", f"the kernel under test crashed: {crash} ({verdict.reason})", 1, 1,
                               verdict.failed_tests)
     return _finish(bisect_dir, record, verdict, test_s=time.monotonic() - t)
 
 
-def crash_evidence(step_dir: Path) -> str | None:
-    """The first splat in what the step's targets logged (console, kmsg), as `title (file:line)`."""
+# Splats that mean the kernel itself went down or stopped (not a WARN it lived through).
+FATAL = frozenset({"panic", "oops", "bug", "gpf", "hard_lockup", "soft_lockup", "hung_task", "rcu_stall"})
+
+
+def crash_evidence(step_dir: Path, release: str) -> str | None:
+    """The first fatal splat the build under test logged in this step, as `title (file:line)`.
+
+    A console capture may begin with the previous kernel going down: only what follows the
+    build's own "Linux version <release>" banner counts. kmsg.log is read from the booted
+    build only. Nothing here may blame a commit for another kernel's crash.
+    """
     from harness.evidence.splats import classify as splats
 
+    banner = f"Linux version {release} " if release else None
     for log in (*sorted(step_dir.glob("targets/*/console.log")), *sorted(step_dir.glob("targets/*/kmsg.log"))):
-        with open(log, encoding="utf-8", errors="replace") as f:
-            found = splats(f).splats
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+        start = 0
+        if log.name == "console.log":
+            ours = [i for i, line in enumerate(lines) if banner and banner in line]
+            if not ours:
+                continue
+            start = ours[-1]
+        found = [s for s in splats(lines[start:]).splats if s.category in FATAL]
         if found:
-            return f"{found[0].title} ({log.relative_to(step_dir)}:{found[0].first_line})"
+            return f"{found[0].title} ({log.relative_to(step_dir)}:{start + found[0].first_line})"
     return None
 
 

@@ -48,9 +48,10 @@ def cmd_bisect(args) -> int:
 
     config = _config(args)
     if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in ("good", "bad", "tree", "series", "hosts", "install",
+        given = [f"--{k.replace('_', '-')}" for k in ("good", "bad", "tree", "series", "install",
                                                        "verify_revert", "no_instrumentation")
-                 if getattr(args, k)] + (["--repeat"] if args.repeat != 1 else []) + (
+                 if getattr(args, k)] + (["--snp-host"] if args.hosts else []) + (
+                 ["--repeat"] if args.repeat != 1 else []) + (
                  ["a selection"] if [a for a in args.selection if a != "--"] else [])
         if given:
             raise ConfigError(f"--resume continues the bisect as planned; drop {', '.join(given)}")
@@ -70,7 +71,7 @@ def cmd_bisect(args) -> int:
         plan = new_plan(Path(tree), args.good, args.bad, selection, repeat=args.repeat, hosts=args.hosts,
                         install=args.install, series=args.series, verify_revert=args.verify_revert,
                         config=config.path, reproducer=shlex.join(["snp-harness", *sys.argv[1:]]),
-                        instrumentation=not args.no_instrumentation)
+                        instrumentation=False if args.no_instrumentation else None)
         bisect_dir = new_run_dir(config.artifacts.root, "bisect")
         write_plan(bisect_dir, plan)
     print(f"bisect directory: {bisect_dir}", flush=True)
@@ -107,7 +108,10 @@ def cmd_bisect_step(args) -> int:
         from harness.kernel.source import _git
 
         plan = read_plan(Path(args.bisect_dir))
-        commit = _git(Path(plan["worktree"]), "rev-parse", "BISECT_HEAD").strip()
+        wt = Path(plan["worktree"])
+        # git's marks so far, saved before each step: a lost worktree replays to at most one step back.
+        (Path(args.bisect_dir) / "git-bisect.log").write_text(_git(wt, "bisect", "log"))
+        commit = _git(wt, "rev-parse", "BISECT_HEAD").strip()
         with _progress() as progress:
             return STEP_EXIT[run_step(Path(args.bisect_dir), commit, "bisect", progress=progress)["outcome"]]
     except BaseException as e:  # noqa: BLE001 - git must see 128+, never "bad"

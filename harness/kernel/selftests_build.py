@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from harness.errors import BuildError, CommandTimeout, ConfigError
+from harness.errors import BuildError, BuildTimeout, CommandTimeout, ConfigError
 from harness.kernel import buildlog
 from harness.transport.local import LocalTransport
 
@@ -203,7 +203,7 @@ def _built_programs(selftests_argv: list[str], out_dir: Path, env, log_path: Pat
     try:
         r = LocalTransport().run(argv, timeout=MAKE_TIMEOUT_S, check=False, env=_make_env(env))
     except CommandTimeout as e:
-        raise BuildError(f"selftests: listing programs timed out: {shlex.join(argv)}", log_path) from e
+        raise BuildTimeout(f"selftests: listing programs timed out: {shlex.join(argv)}", log_path) from e
     prefix = f"{os.path.abspath(out_dir)}/"
     paths = [Path(line) for line in r.stdout.split() if line.startswith(prefix)]
     if r.exit_status != 0 or not paths:
@@ -223,7 +223,7 @@ def _run_step(step: str, argv: list[str], env, tee: _Tee, logf, log_path: Path) 
     try:
         result = LocalTransport().run(argv, timeout=MAKE_TIMEOUT_S, check=False, env=_make_env(env), sink=tee.feed)
     except CommandTimeout as e:
-        raise BuildError(f"selftests: {step} timed out after {MAKE_TIMEOUT_S}s", log_path) from e
+        raise BuildTimeout(f"selftests: {step} timed out after {MAKE_TIMEOUT_S}s", log_path) from e
     elapsed = time.monotonic() - t
     tee.flush()
     if result.exit_status != 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.config import BootMethod, HostConfig
-from harness.errors import BootError, BootTimeout, ConfigError, HostKeyError, TransportError
+from harness.errors import BootError, BootTimeout, ConfigError, HarnessError, HostKeyError, TransportError
 from harness.targets.base import ProbedTarget
 from harness.transport import boot_id
 from harness.transport.local import stop_process
@@ -121,13 +121,12 @@ class HostTarget(ProbedTarget):
             else:
                 self._grub(cmdline)
             self._wait_up(old, self.boot_timeout_s)
+            self._back_up()
             self._caps = None  # a new kernel: probe again
             proc_version = self.transport.run(["cat", "/proc/version"], timeout=30).stdout.strip()
             if not matches_version(self._version, proc_version):
                 raise BootError(f"{self.name} came back, but not on the build: /proc/version is "
                                 f"{proc_version!r}, the build is {self._version!r}", self.console_tail())
-            for hook in self.after_boot:
-                hook()
         except HostKeyError as e:  # never accepted, never "recovered" from
             self.broken = e
             raise
@@ -212,8 +211,21 @@ class HostTarget(ProbedTarget):
             return
         try:
             self._wait_up(old_boot_id, self.recover_timeout_s)
+            self._back_up()
         except BootTimeout as e:
             log.error("%s: did not come back after the power cycle: %s", self.name, e)
+        except HarnessError as e:  # the lease could not be taken again; the target is broken already
+            log.error("%s: back after the power cycle, but: %s", self.name, e)
+
+    def _back_up(self) -> None:
+        """The host answers again after a reboot: redo what the reboot undid (the lease's flock).
+        If that fails, this run no longer holds the host: the target is broken."""
+        for hook in self.after_boot:
+            try:
+                hook()
+            except BaseException as e:
+                self.broken = e
+                raise
 
     # -- console --------------------------------------------------------------
 

@@ -172,3 +172,37 @@ def test_plan_refuses_hosts_without_install_and_ids_with_repeat(repo):
     with pytest.raises(ConfigError, match="without their \\[id\\]"):
         new_plan(r, commits[0], commits[-1], ["tests/snp/test_gmem.py::test_x[qemu://]"], repeat=3, hosts=[],
                  install=False, series=None, verify_revert=False, config=None, reproducer="")
+
+
+def test_where_git_stands_on_resume(repo, tmp_path):
+    """A resume asks git first: a named culprit is not bisected again; only-skipped is inconclusive."""
+    from harness.bisect.driver import _FIRST_BAD, _ONLY_SKIPPED, _git_where
+
+    r, commits = repo
+    bisect_dir = tmp_path / "bisect"
+    bisect_dir.mkdir()
+    plan = plan_for(r, commits[0], commits[-1])
+    write_plan(bisect_dir, plan)
+    assert _git_where(bisect_dir, plan) == ""  # nothing started yet
+    wt = ensure_bisecting(bisect_dir, plan)
+    head = git(wt, "rev-parse", "BISECT_HEAD")
+    assert "Bisecting" in _git_where(bisect_dir, plan) and git(wt, "rev-parse", "BISECT_HEAD") == head
+
+    while True:  # commits[3] is the first bad one
+        cur = git(wt, "rev-parse", "BISECT_HEAD")
+        out = git(wt, "bisect", "bad" if commits.index(cur) >= 3 else "good", cur)
+        if "is the first bad commit" in out:
+            break
+    found = _FIRST_BAD.search(_git_where(bisect_dir, plan))
+    assert found and found.group(1) == commits[3]
+    assert "git bisect bad" in (bisect_dir / "git-bisect.log").read_text()  # saved as it stands
+
+    other = tmp_path / "other"
+    other.mkdir()
+    plan2 = plan_for(r, commits[2], commits[4])
+    write_plan(other, plan2)
+    wt2 = ensure_bisecting(other, plan2)
+    skip = subprocess.run(["git", "-C", str(wt2), "bisect", "skip", git(wt2, "rev-parse", "BISECT_HEAD")],
+                          capture_output=True, text=True)  # by hand, as the abort message suggests
+    assert _ONLY_SKIPPED in skip.stdout + skip.stderr
+    assert _ONLY_SKIPPED in _git_where(other, plan2)
