@@ -42,6 +42,14 @@ def plan_for(repo: Path, good: str, bad: str, **kw) -> dict:
                     install=False, series=None, verify_revert=False, config=None, reproducer="snp-harness bisect")
 
 
+def planned(repo: Path, bisect_dir: Path, good: str, bad: str) -> dict:
+    """A bisect directory holding a plan from good to bad; the plan."""
+    bisect_dir.mkdir()
+    plan = plan_for(repo, good, bad)
+    write_plan(bisect_dir, plan)
+    return plan
+
+
 def test_plan_resolves_both_ends(repo):
     r, commits = repo
     plan = plan_for(r, commits[0], "main")
@@ -72,16 +80,13 @@ def test_plan_needs_a_git_tree_and_a_selection(tmp_path, repo):
 def test_a_lost_worktree_is_rebuilt_from_the_saved_log(repo, tmp_path):
     r, commits = repo
     bisect_dir = tmp_path / "bisect"
-    bisect_dir.mkdir()
-    plan = plan_for(r, commits[0], commits[-1])
-    write_plan(bisect_dir, plan)
+    plan = planned(r, bisect_dir, commits[0], commits[-1])
     wt = ensure_bisecting(bisect_dir, plan)
     assert not (wt / "f.c").exists(), "the bisect worktree must not check the tree out"
     first = git(wt, "rev-parse", "BISECT_HEAD")
     git(wt, "bisect", "skip", first)
     (bisect_dir / "git-bisect.log").write_text(git(wt, "bisect", "log") + "\n")
-    subprocess.run(["rm", "-rf", str(wt)], check=True)
-    git(r, "worktree", "prune")
+    subprocess.run(["rm", "-rf", str(wt)], check=True)  # gone, but still registered with git
 
     wt = ensure_bisecting(bisect_dir, plan)
     log = git(wt, "bisect", "log")
@@ -180,9 +185,7 @@ def test_where_git_stands_on_resume(repo, tmp_path):
 
     r, commits = repo
     bisect_dir = tmp_path / "bisect"
-    bisect_dir.mkdir()
-    plan = plan_for(r, commits[0], commits[-1])
-    write_plan(bisect_dir, plan)
+    plan = planned(r, bisect_dir, commits[0], commits[-1])
     assert _git_where(bisect_dir, plan) == ""  # nothing started yet
     wt = ensure_bisecting(bisect_dir, plan)
     head = git(wt, "rev-parse", "BISECT_HEAD")
@@ -198,9 +201,7 @@ def test_where_git_stands_on_resume(repo, tmp_path):
     assert "git bisect bad" in (bisect_dir / "git-bisect.log").read_text()  # saved as it stands
 
     other = tmp_path / "other"
-    other.mkdir()
-    plan2 = plan_for(r, commits[2], commits[4])
-    write_plan(other, plan2)
+    plan2 = planned(r, other, commits[2], commits[4])
     wt2 = ensure_bisecting(other, plan2)
     skip = subprocess.run(["git", "-C", str(wt2), "bisect", "skip", git(wt2, "rev-parse", "BISECT_HEAD")],
                           capture_output=True, text=True)  # by hand, as the abort message suggests
