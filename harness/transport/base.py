@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
@@ -104,6 +105,38 @@ class Process(Protocol):
     def close(self) -> None: ...
 
     def kill(self) -> None: ...
+
+
+class LineReader:
+    """readline() over a byte stream, for Process implementations: they say how to read.
+
+    _read(wait) returns the bytes there are (b"" at EOF), or None when nothing came within
+    `wait` seconds. Subclasses set `where` and `argv` (for the timeout message).
+    """
+
+    where: str
+    argv: tuple[str, ...]
+    _buf = b""
+    _eof = False
+
+    def _read(self, wait: float) -> bytes | None:
+        raise NotImplementedError
+
+    def readline(self, timeout: float) -> str | None:
+        """The next stdout line, or None at EOF; TransportError if none comes in time."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf and not self._eof:
+            remaining = deadline - time.monotonic()
+            chunk = self._read(max(0.0, min(remaining, 0.5)))
+            if chunk is not None:
+                self._buf += chunk
+                self._eof = not chunk
+            elif remaining <= 0:
+                raise TransportError(f"{self.where}: no output from {shlex.join(self.argv)} in {timeout:g}s")
+        if not self._buf:
+            return None
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode(errors="replace")
 
 
 def follow_lines(proc: Process, log_path: Path, on_line: Callable[[str], None],

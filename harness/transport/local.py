@@ -15,7 +15,7 @@ import shutil
 from typing import Mapping, Sequence
 
 from harness.errors import CommandFailed, CommandTimeout, TransportError
-from harness.transport.base import CommandResult, OutputBuffer, Sink, check_argv, check_env
+from harness.transport.base import CommandResult, LineReader, OutputBuffer, Sink, check_argv, check_env
 
 log = logging.getLogger(__name__)
 
@@ -99,31 +99,16 @@ class LocalTransport:
         pass
 
 
-class LocalProcess:
+class LocalProcess(LineReader):
     """A command started by LocalTransport.spawn: readline with a timeout, kill by PID."""
 
     def __init__(self, proc: subprocess.Popen, where: str, argv: tuple[str, ...]) -> None:
         self._proc, self.where, self.argv = proc, where, argv
         self._sel = selectors.DefaultSelector()
         self._sel.register(proc.stdout, selectors.EVENT_READ)
-        self._buf = b""
-        self._eof = False
 
-    def readline(self, timeout: float) -> str | None:
-        """The next stdout line, or None at EOF; TransportError if none comes in time."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf and not self._eof:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TransportError(f"{self.where}: no output from {shlex.join(self.argv)} in {timeout:g}s")
-            if self._sel.select(min(remaining, 0.5)):
-                chunk = os.read(self._proc.stdout.fileno(), 65536)
-                self._buf += chunk
-                self._eof = not chunk
-        if not self._buf:
-            return None
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode(errors="replace")
+    def _read(self, wait: float) -> bytes | None:
+        return os.read(self._proc.stdout.fileno(), 65536) if self._sel.select(wait) else None
 
     def write(self, data: str) -> None:
         """Send to the command's stdin."""

@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Sequence
 import paramiko
 
 from harness.errors import CommandFailed, CommandTimeout, ConfigError, TransportError
-from harness.transport.base import CommandResult, OutputBuffer, Sink, check_argv, check_env
+from harness.transport.base import CommandResult, LineReader, OutputBuffer, Sink, check_argv, check_env
 from harness.transport.hostkeys import KnownHosts, host_id
 
 log = logging.getLogger(__name__)
@@ -357,34 +357,23 @@ def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
         pass  # the command exited or the channel closed; the reader reports that
 
 
-class RemoteProcess:
+class RemoteProcess(LineReader):
     """A command running on its own channel; closing the channel ends its stdin."""
 
     def __init__(self, chan: paramiko.Channel, where: str, argv: tuple[str, ...],
                  end_remote: Callable[[int | None], None]) -> None:
         self._chan, self.where, self.argv = chan, where, argv
         self._end_remote = end_remote
-        self._buf = b""
         self._err = b""
         self._pid: int | None = None
 
-    def readline(self, timeout: float) -> str | None:
-        """The next stdout line, or None at EOF; TransportError if none comes in time."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            if self._chan.recv_ready():
-                self._buf += self._chan.recv(4096)
-                continue
-            if self._chan.eof_received or self._chan.closed:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TransportError(f"{self.where}: no output from {shlex.join(self.argv)} in {timeout:g}s")
-            select.select([self._chan], [], [], min(remaining, 0.5))
-        if not self._buf:
-            return None
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode(errors="replace")
+    def _read(self, wait: float) -> bytes | None:
+        chan = self._chan
+        if not (chan.recv_ready() or chan.eof_received or chan.closed):
+            select.select([chan], [], [], wait)
+        if chan.recv_ready():  # data still buffered after EOF is read first
+            return chan.recv(4096)
+        return b"" if chan.eof_received or chan.closed else None
 
     def write(self, data: str) -> None:
         """Send to the command's stdin."""
