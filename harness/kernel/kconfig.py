@@ -94,6 +94,27 @@ def find_dropped(requested: Mapping[str, str], final: Mapping[str, str]) -> list
     return [Dropped(k, v, final.get(k, "n")) for k, v in requested.items() if final.get(k, "n") != v]
 
 
+def implied_selectors(dropped: Iterable[Dropped], requested: Mapping[str, str], idx) -> dict[str, str]:
+    """{selector: value} that would set the dropped y/m options having no prompt in this tree.
+
+    Kconfig turns such an option on only through a `select` (6.12's SYSCTL is selected by
+    PROC_SYSCTL; 7.x gives SYSCTL a prompt and drops PROC_SYSCTL). So a fragment names what it
+    needs, and when exactly one prompted option selects it here, that one is requested too: one
+    fragment holds on both trees and the check after olddefconfig stays exact. With several
+    candidates nothing is guessed (the option stays dropped and the error names them).
+    """
+    out: dict[str, str] = {}
+    for d in dropped:
+        defs = idx.entries.get(d.option)
+        if d.wanted not in ("y", "m") or not defs or any(e.has_prompt for e in defs):
+            continue
+        selectors = sorted({s for s in idx.selected_by.get(d.option, ())
+                            if any(e.has_prompt for e in idx.entries.get(s, ()))})
+        if len(selectors) == 1 and selectors[0] not in requested:
+            out[selectors[0]] = d.wanted
+    return out
+
+
 # ---- running make ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -158,15 +179,17 @@ def run_captured(argv: Sequence[str], cwd: Path) -> None:
 
 
 def config_commands(srctree: Path, build_dir: Path, request: ConfigRequest, *,
-                    make_args: Sequence[str] = ()) -> list[list[str]]:
-    """The commands make_config runs, in order (a file or running base is written, not made)."""
+                    make_args: Sequence[str] = (), extra: Sequence[Path] = ()) -> list[list[str]]:
+    """The commands make_config runs, in order (a file or running base is written, not made).
+    `extra`: fragments merged after the request's own (the selectors make_config adds)."""
     srctree, build_dir = Path(srctree).absolute(), Path(build_dir).absolute()
     make = ["make", "-C", str(srctree), f"O={build_dir}", *make_args]
     cmds = [[*make, request.base]] if request.base_text() is None else []
-    if request.fragments:
+    fragments = [*request.fragments, *extra]
+    if fragments:
         # merge_config.sh makes its temporary files in the current directory: never the srctree.
         cmds.append(["sh", str(srctree / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O",
-                     str(build_dir), str(build_dir / ".config"), *(str(Path(f).absolute()) for f in request.fragments)])
+                     str(build_dir), str(build_dir / ".config"), *(str(Path(f).absolute()) for f in fragments)])
     cmds.append([*make, "olddefconfig"])
     return cmds
 
@@ -192,14 +215,29 @@ def make_config(srctree: Path, build_dir: Path, request: ConfigRequest, *,
     base_text = request.base_text()
     build_dir.mkdir(parents=True, exist_ok=True)
     config = build_dir / ".config"
-    if base_text is not None:
-        config.write_bytes(base_text)
-    for argv in config_commands(srctree, build_dir, request, make_args=make_args):
-        run(argv, build_dir)
-    final = parse_config(_read_bytes(config, "final config").decode(errors="replace"))
-    dropped = find_dropped(requested, final)
-    if dropped:
+    extra: list[Path] = []
+    idx = None
+    for _ in range(2):  # a second round only when a promptless option needs its selector
+        if base_text is not None:
+            config.write_bytes(base_text)
+        for argv in config_commands(srctree, build_dir, request, make_args=make_args, extra=extra):
+            run(argv, build_dir)
+        final = parse_config(_read_bytes(config, "final config").decode(errors="replace"))
+        dropped = find_dropped(requested, final)
+        if not dropped or extra:
+            break
         idx = kconfig_index(srctree, arch)
+        implied = implied_selectors(dropped, requested, idx)
+        if not implied:
+            break
+        by = {d.option: d for d in dropped}
+        for sel, value in implied.items():
+            option = next(o for o in by if sel in idx.selected_by.get(o, ()))
+            requested[sel], origin[sel] = value, f"{origin[option]} (selects CONFIG_{option}, which has no prompt here)"
+        extra = [build_dir / "snp-harness-selectors.config"]
+        extra[0].write_text("".join(f"CONFIG_{s}={v}\n" for s, v in implied.items()))
+    if dropped:
+        idx = idx or kconfig_index(srctree, arch)
         lines = [f"  {origin[d.option]}: {explain_one(d, final, idx, arch)}" for d in dropped]
         raise KconfigError(f"{len(dropped)} requested option(s) did not survive olddefconfig "
                            f"in {config}:\n" + "\n".join(lines), dropped)

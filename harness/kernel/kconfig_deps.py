@@ -265,7 +265,9 @@ def explain_one(d: Dropped, final: Mapping[str, str], idx: KconfigIndex, arch: s
         if deeper:
             parts.append("unmet further down: " + ", ".join(deeper))
     elif not any(e.has_prompt for e in defs):
-        parts.append("it has no prompt, so only a select can turn it on")
+        by = sorted(set(idx.selected_by.get(d.option, ())))
+        parts.append("it has no prompt, so only a select can turn it on"
+                     + (f"; selected by {', '.join(by)}: request one of them" if by else ""))
     else:
         parts.append("no unmet dependency found (one may be =m, or a choice, range or select decided it)")
     return "; ".join(parts)

@@ -364,3 +364,53 @@ def test_run_captured_raises_with_output_tail(tmp_path):
     assert "line 10\n" not in str(info.value)  # only the tail
     with pytest.raises(KconfigError, match="no-such-make"):
         run_captured(["no-such-make", "olddefconfig"], tmp_path)
+
+
+def _promptless_tree(root: Path, selectors: list[str]) -> Path:
+    """A tree whose SYSCTL has no prompt (6.12's layout): only `select` turns it on."""
+    body = "config PROC_FS\n\tbool \"proc\"\n\nconfig SYSCTL\n\tbool\n\n"
+    for s in selectors:
+        body += f"config {s}\n\tbool \"{s}\"\n\tdepends on PROC_FS\n\tselect SYSCTL\n\n"
+    (root / "Kconfig").parent.mkdir(parents=True, exist_ok=True)
+    (root / "Kconfig").write_text(body)
+    return root
+
+
+class TwoRoundMake(FakeMake):
+    """olddefconfig sets SYSCTL only when the merged config asks for PROC_SYSCTL (a `select`)."""
+
+    def __call__(self, argv, cwd):
+        self.calls.append((tuple(argv), Path(cwd)))
+        config = Path(cwd) / ".config"
+        if argv[-1] in MAKE_TARGETS:
+            config.write_text("")
+        elif argv[0] == "sh":
+            merged = "".join(Path(f).read_text() for f in argv[6:])
+            config.write_text(merged)
+        elif argv[-1] == "olddefconfig":
+            have = parse_config(config.read_text())
+            sysctl = "y" if have.get("PROC_SYSCTL") == "y" else "n"
+            config.write_text(f"CONFIG_PROC_FS=y\nCONFIG_PROC_SYSCTL={have.get('PROC_SYSCTL', 'n')}\n"
+                              f"CONFIG_SYSCTL={sysctl}\n")
+
+
+def test_make_config_promptless_option_is_reached_through_its_one_selector(tmp_path):
+    tree = _promptless_tree(tmp_path / "tree", ["PROC_SYSCTL"])
+    frag = tmp_path / "f.config"
+    frag.write_text("CONFIG_PROC_FS=y\nCONFIG_SYSCTL=y\n")
+    fake = TwoRoundMake("")
+    final = make_config(tree, tmp_path / "b", ConfigRequest(base="tinyconfig", fragments=(frag,)), run=fake)
+    assert final["SYSCTL"] == "y" and final["PROC_SYSCTL"] == "y"
+    merges = [argv for argv, _ in fake.calls if argv[0] == "sh"]
+    assert len(merges) == 2 and merges[1][-1].endswith("snp-harness-selectors.config")
+    assert (tmp_path / "b" / "snp-harness-selectors.config").read_text() == "CONFIG_PROC_SYSCTL=y\n"
+
+
+def test_make_config_promptless_option_with_several_selectors_stays_an_error(tmp_path):
+    tree = _promptless_tree(tmp_path / "tree", ["PROC_SYSCTL", "OTHER_SYSCTL"])
+    frag = tmp_path / "f.config"
+    frag.write_text("CONFIG_SYSCTL=y\n")
+    fake = TwoRoundMake("")
+    with pytest.raises(KconfigError, match="CONFIG_SYSCTL=y was dropped.*selected by OTHER_SYSCTL, PROC_SYSCTL"):
+        make_config(tree, tmp_path / "b", ConfigRequest(base="tinyconfig", fragments=(frag,)), run=fake)
+    assert len([a for a, _ in fake.calls if a[0] == "sh"]) == 1  # nothing guessed, no second round
