@@ -70,7 +70,7 @@ class HostConfig:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    tree: Path | None = None
+    tree: Path | str | None = None  # a path, or a Debian source package by name ("debian:7.3")
     series: str | None = None
     fragments: tuple[str, ...] = ()
     instrumentation: bool = True  # apply kernel-patches/instrumentation/ (the RMP dump) after the series
@@ -204,7 +204,7 @@ def _build(path: Path | None, data: dict[str, Any]) -> HarnessConfig:
 
     k = _table(data.get("kernel", {}), "kernel", _KERNEL)
     kernel = KernelConfig(
-        tree=_opt(k, "kernel", "tree", as_path, None),
+        tree=_opt(k, "kernel", "tree", partial(_tree, base=base), None),
         series=_opt(k, "kernel", "series", _string, None),
         fragments=_opt(k, "kernel", "fragments", _strings, ()),
         instrumentation=_opt(k, "kernel", "instrumentation", _bool, True),
@@ -290,6 +290,18 @@ def _boot_method(value: object, key: str) -> BootMethod:
         choices = " or ".join(repr(m.value) for m in BootMethod)
         raise _expected(key, choices, value)
     return BootMethod(value)
+
+
+_DEBIAN_TREE = re.compile(r"debian:(latest|[0-9]+\.[0-9]+)(=[^\s/]+)?")
+
+
+def _tree(value: object, key: str, *, base: Path) -> Path | str:
+    """A path, or `debian:X.Y` / `debian:latest` (harness.kernel.debian fetches it)."""
+    if isinstance(value, str) and value.startswith("debian:"):
+        if not _DEBIAN_TREE.fullmatch(value):
+            raise _expected(key, "debian:X.Y (e.g. debian:7.3), debian:latest or debian:X.Y=VERSION", value)
+        return value
+    return _path(value, key, base=base)
 
 
 def _path(value: object, key: str, *, base: Path) -> Path:

@@ -48,6 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--snp-series", metavar="NAME",
                     help="patch series to build and test (kernel-patches/series/NAME or a directory; "
                          "default: the inventory's [kernel] series)")
+    group.addoption("--snp-kernel-tree", metavar="TREE",
+                    help="kernel tree to build: debian:7.3, debian:6.12, debian:latest, a git checkout, a tarball "
+                         "or an unpacked tree (overrides the inventory's [kernel] tree; default debian:7.3)")
     group.addoption("--snp-run-dir", metavar="PATH",
                     help="run directory for this session (default: a new <artifacts root>/<utc>-pytest/)")
     group.addoption("--snp-matrix", choices=("ci", "full"), default="ci",
@@ -242,7 +245,8 @@ def snp_build(harness_config, snp_run_dir, pytestconfig):
 
     if pytestconfig.getoption("--snp-build"):
         return cached_build(harness_config.cache_dir, pytestconfig.getoption("--snp-build"))
-    request = build_request(harness_config, series_name=pytestconfig.getoption("--snp-series"))
+    request = build_request(harness_config, series_name=pytestconfig.getoption("--snp-series"),
+                            tree=pytestconfig.getoption("--snp-kernel-tree"))
     return build(request, snp_run_dir / "build.log")
 
 
@@ -284,6 +288,7 @@ def _bring_up(t, pytestconfig, request, record) -> None:
         t.boot()
         meta = b.metadata
         for key, value in (("kernel_build", b.key), ("tree_id", meta.get("key_parts", {}).get("tree_id")),
+                           ("kernel_package", meta.get("package")),
                            ("config_sha256", meta.get("config_sha256")), ("series", meta.get("series")),
                            ("patch_ids", "; ".join(f"{p['patch_id']} {p['subject']}"
                                                    for p in meta.get("patches", [])))):

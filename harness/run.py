@@ -35,7 +35,7 @@ class RunReport:
 
 
 def pytest_argv(run_dir: Path, *, config: Path | None, hosts: Sequence[str], install: bool,
-                series: str | None, extra: Sequence[str]) -> list[str]:
+                series: str | None, extra: Sequence[str], tree: str | None = None) -> list[str]:
     # Test ids among the extras (a reproducer's `-- tests/snp/x.py::test[qemu://]`) replace the suite dir.
     chosen = [a for a in extra if not a.startswith("-") and ("::" in a or a.endswith(".py"))]
     suite = [] if chosen else [str(REPO_ROOT / "tests" / "snp")]
@@ -48,6 +48,8 @@ def pytest_argv(run_dir: Path, *, config: Path | None, hosts: Sequence[str], ins
         argv.append("--snp-install")
     if series:
         argv.append(f"--snp-series={series}")
+    if tree:
+        argv.append(f"--snp-kernel-tree={tree}")
     return [*argv, *extra]
 
 

@@ -20,6 +20,9 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 log = logging.getLogger("harness")
 
 
+TREE_HELP = ("kernel tree: debian:7.3, debian:6.12, debian:latest (Debian's linux-source-X.Y, fetched once), "
+             "a git checkout, a tarball or an unpacked tree (default: the inventory's [kernel] tree, else debian:7.3)")
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snp-harness", description=__doc__.splitlines()[0])
     p.add_argument("--config", metavar="PATH",
@@ -47,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--series", metavar="NAME", help="kernel-patches/series/NAME, or a series directory")
     which.add_argument("--mbox", metavar="FILE", help="an mbox of patches (git format-patch --stdout, b4 am)")
     which.add_argument("--series-msgid", metavar="ID", help="fetch the series with b4 (needs the network)")
-    b.add_argument("--tree", metavar="PATH", help="git checkout, tarball or unpacked tree (default: Debian's 6.12)")
+    b.add_argument("--tree", metavar="TREE", help=TREE_HELP)
     b.add_argument("--base", metavar="REF", help="base commit in --tree (default: HEAD)")
     b.add_argument("--config-base", metavar="BASE", default=None,
                    help="tinyconfig, x86_64_defconfig, defconfig or file:PATH (default: tinyconfig)")
@@ -75,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                         "one pytest-xdist worker each")
     r.add_argument("--install", action="store_true", help="install and boot the build on the hosts first")
     r.add_argument("--series", metavar="NAME", help="kernel-patches/series/NAME, or a series directory")
+    r.add_argument("--tree", metavar="TREE", help=TREE_HELP)
     r.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest arguments")
     r.set_defaults(func=cmd_run)
 
@@ -269,19 +273,21 @@ def cmd_run(args) -> int:
     series_name = args.series or config.kernel.series
     print("[1/3] build (cached)", flush=True)
     with _progress() as progress:
-        b = build(build_request(config, series_name=series_name), run_dir / "build.log", progress)
-    print(f"      {'cache hit' if b.hit else 'built'}: {b.key} ({b.metadata.get('kernel_release')})", flush=True)
+        b = build(build_request(config, series_name=series_name, tree=args.tree), run_dir / "build.log", progress)
+    print(f"      {'cache hit' if b.hit else 'built'}: {b.key} ({b.metadata.get('kernel_release')}; "
+          f"{b.metadata.get('package') or b.metadata.get('source')})", flush=True)
     extra = [a for a in args.pytest_args if a != "--"]
     if len(hosts) > 1 and not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in extra):
         extra = ["-n", str(len(hosts)), *extra]  # each host on a worker of its own, at the same time
     argv = pytest_argv(run_dir, config=config.path, hosts=hosts, install=args.install,
-                       series=args.series, extra=extra)
+                       series=args.series, tree=args.tree, extra=extra)
     print("[2/3] target(s) and [3/3] kernel suites: " + shlex_join(argv), flush=True)
     reproducer = ["snp-harness", "run", *(f"--snp-host={h}" for h in hosts),
-                  *(["--install"] if args.install else []), *([f"--series={args.series}"] if args.series else [])]
+                  *(["--install"] if args.install else []), *([f"--series={args.series}"] if args.series else []),
+                  *([f"--tree={args.tree}"] if args.tree else [])]
     report = run_suites(run_dir, argv, {
         "build": b.key, "kernel_release": b.metadata.get("kernel_release"),
-        "tree_id": b.metadata.get("key_parts", {}).get("tree_id"),
+        "tree_id": b.metadata.get("key_parts", {}).get("tree_id"), "package": b.metadata.get("package"),
         "config_sha256": b.metadata.get("config_sha256"),
         "patch_ids": [f"{p['patch_id']} {p['subject']}" for p in b.metadata.get("patches", [])],
         "series": series_name, "hosts": hosts or ["qemu://"],

@@ -17,7 +17,8 @@ def register(sub) -> None:
                                    "inconclusive; 2 usage; 3 infrastructure error (resume with --resume).")
     b.add_argument("--good", metavar="REF", help="a commit where the selection passes")
     b.add_argument("--bad", metavar="REF", help="a later commit where it fails")
-    b.add_argument("--tree", metavar="PATH", help="the kernel git tree (default: the inventory's [kernel] tree)")
+    b.add_argument("--tree", metavar="PATH", help="the kernel git tree (default: the inventory's [kernel] tree); debian:X.Y means "
+                        "the harness's import of that package, with the commits made on top of it")
     b.add_argument("--series", metavar="NAME", help="a patch series applied on every commit tested")
     b.add_argument("--snp-host", dest="hosts", metavar="NAME", action="append", default=[],
                    help="inventory host to test on (default: the local QEMU target)")
@@ -65,6 +66,9 @@ def cmd_bisect(args) -> int:
         tree = args.tree or config.kernel.tree
         if tree is None:
             raise ConfigError("bisect needs a kernel git tree: --tree PATH, or [kernel] tree in the inventory")
+        if str(tree).startswith("debian:"):  # its imported repository: bisect commits made on top of it
+            from harness.kernel.source import resolve_source
+            tree = resolve_source(str(tree), None, config.cache_dir).repo
         for h in args.hosts:
             config.host(h)
         selection = [a for a in args.selection if a != "--"]

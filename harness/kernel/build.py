@@ -331,6 +331,7 @@ def _stage(staging, obj, key, source, request, applied, phases, manifest, worktr
         "key_parts": {**key.__dict__, "make_args": list(key.make_args)},
         "kernel_release": release,
         "source": source.description,
+        "package": source.package,  # the Debian source package and version, for debian:X.Y trees
         "base": source.base,
         "worktree": str(worktree),
         "series": request.series.name if request.series else None,

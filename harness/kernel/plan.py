@@ -10,8 +10,9 @@ from harness.errors import ConfigError
 from harness.kernel.build import REPO_ROOT, BuildRequest, default_config
 from harness.kernel.kconfig import ConfigRequest, config_commands
 from harness.kernel.patches import Series, fetch_b4, load_mbox, load_series
-from harness.kernel.source import (IMPORT_TAG, KernelSource, imported, debian_tarball, import_commands, import_dest,
-                                   open_git_tree)
+from harness.kernel import debian
+from harness.kernel.source import (DEFAULT_TREE, IMPORT_TAG, KernelSource, imported, import_commands, import_dest,
+                                   open_git_tree, tree_arg)
 
 SERIES_DIR = REPO_ROOT / "kernel-patches" / "series"
 CONFIGS_DIR = REPO_ROOT / "kernel-patches" / "configs"
@@ -38,7 +39,7 @@ def find_fragment(name: str) -> Path:
 
 
 def build_request(config: HarnessConfig, *, series: Series | None = None, series_name: str | None = None,
-                  tree: Path | None = None, base: str | None = None, fragments: tuple[str, ...] = (),
+                  tree: Path | str | None = None, base: str | None = None, fragments: tuple[str, ...] = (),
                   config_base: str | None = None, jobs: int | None = None,
                   instrumentation: bool | None = None) -> BuildRequest:
     """A BuildRequest from explicit choices, the inventory's [kernel] filling what is not given."""
@@ -52,7 +53,8 @@ def build_request(config: HarnessConfig, *, series: Series | None = None, series
     kwargs = {"jobs": jobs} if jobs else {}
     if instrumentation is None:
         instrumentation = config.kernel.instrumentation
-    return BuildRequest(cache_dir=config.cache_dir, tree=Path(tree) if tree else config.kernel.tree, base=base,
+    return BuildRequest(cache_dir=config.cache_dir, tree=tree_arg(tree) if tree else config.kernel.tree,
+                        base=base,
                         series=series, config=cfg, instrumentation=instrumentation, **kwargs)
 
 
@@ -74,14 +76,19 @@ def plan_commands(request: BuildRequest) -> list[list[str]]:
     from harness.kernel.selftests_build import selftest_commands
 
     cmds: list[list[str]] = []
-    if request.tree is None or not (Path(request.tree) / ".git").exists():
-        origin = Path(request.tree) if request.tree else debian_tarball()
+    tree = DEFAULT_TREE if request.tree is None else request.tree
+    if debian.is_debian_spec(tree):
+        origin, fetch = debian.planned_tarball(str(tree), request.cache_dir)
+        cmds += fetch
+        tree = origin
+    if not (Path(tree) / ".git").exists():
+        origin = Path(tree)
         repo = import_dest(origin, request.cache_dir)
         if not imported(repo):
             cmds += import_commands(origin, repo)
         base = IMPORT_TAG
     else:
-        src = open_git_tree(Path(request.tree), request.base or "HEAD")
+        src = open_git_tree(Path(tree), request.base or "HEAD")
         repo, base = src.repo, src.base
     exists = (Path(repo) / ".git").exists()
     repo_id = KernelSource(Path(repo), base, "").repo_id if exists else "<repo-id>"

@@ -24,7 +24,8 @@ from harness.kernel.patches import GIT_IDENTITY
 
 log = logging.getLogger(__name__)
 
-DEBIAN_TARBALL_GLOB = "/usr/src/linux-source-6.12*.tar.xz"
+# The default tree: the newest mainline Debian carries, which is what KVM developers patch.
+DEFAULT_TREE = "debian:7.3"
 IMPORT_TAG = "snp-harness-import"
 
 
@@ -33,6 +34,7 @@ class KernelSource:
     repo: Path  # a git repository (its git dir or work tree)
     base: str  # full commit id
     description: str
+    package: str | None = None  # a Debian source package and version ("linux-source-7.3 7.3.4-1~bpo13+1")
 
     @property
     def repo_id(self) -> str:
@@ -74,14 +76,6 @@ def open_git_tree(path: Path, ref: str = "HEAD") -> KernelSource:
     if r.returncode != 0:
         raise ConfigError(f"{path}: {ref!r} is not a commit in this git repository")
     return KernelSource(path, r.stdout.strip(), f"git:{path}@{ref}")
-
-
-def debian_tarball() -> Path:
-    found = sorted(glob.glob(DEBIAN_TARBALL_GLOB))
-    if not found:
-        raise ConfigError(f"no Debian kernel source at {DEBIAN_TARBALL_GLOB}: "
-                          "apt-get install linux-source-6.12 (ci/bootstrap does), or pass --tree")
-    return Path(found[-1])
 
 
 def import_tree(origin: Path, cache_dir: Path) -> KernelSource:
@@ -152,18 +146,31 @@ def _import(origin: Path, dest: Path) -> None:
     tmp.rename(dest)
 
 
-def resolve_source(tree: Path | None, base: str | None, cache_dir: Path) -> KernelSource:
-    """--tree/--base → a KernelSource. No tree: Debian's linux-source-6.12."""
-    if tree is None:
+def resolve_source(tree: Path | str | None, base: str | None, cache_dir: Path) -> KernelSource:
+    """--tree/--base → a KernelSource: a git checkout, a tarball, an unpacked tree, or a Debian
+    source package by name (`debian:7.3`). No tree: DEFAULT_TREE."""
+    from harness.kernel import debian
+
+    tree = DEFAULT_TREE if tree is None else tree
+    if debian.is_debian_spec(tree):
         if base:
-            raise ConfigError("--base needs --tree (a git checkout)")
-        return import_tree(debian_tarball(), cache_dir)
+            raise ConfigError(f"--base {base} needs a git checkout, and {tree} is a Debian source package")
+        pkg = debian.fetch(str(tree), cache_dir)
+        src = import_tree(pkg.tarball, cache_dir)
+        return KernelSource(src.repo, src.base, f"{tree} ({pkg.describe()})", pkg.describe())
     tree = Path(tree).expanduser()
     if (tree / ".git").exists() or tree.suffix == ".git":
         return open_git_tree(tree, base or "HEAD")
     if base:
         raise ConfigError(f"--base {base} needs a git checkout, and {tree} is not one")
     return import_tree(tree, cache_dir)
+
+
+def tree_arg(value: str | Path | None) -> Path | str | None:
+    """A --tree value as given: `debian:...` stays a name, anything else is a path."""
+    if value is None or (isinstance(value, str) and value.startswith("debian:")):
+        return value
+    return Path(value).expanduser()
 
 
 def worktree_for(source: KernelSource, cache_dir: Path) -> Path:
