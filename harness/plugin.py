@@ -322,6 +322,7 @@ def selftest(target, request, snp_run_dir):
     KSFT_SKIP skips with the test's own reason; a failure or a timeout fails with
     the assertion (or the output's tail); the raw output goes to the run directory.
     """
+    from harness.scenarios.programs import read_programs
     from harness.scenarios.runner import SelftestStatus, run_selftest
 
     if not target.selftests_dir:
@@ -329,7 +330,16 @@ def selftest(target, request, snp_run_dir):
                     "or --snp-install for hosts")
     log_dir = snp_run_dir / "selftests" / _slug(request.node.nodeid)
 
-    def run(binary: str, *args: str, timeout: float = 600):
+    def run(name: str, *args: str, timeout: float = 600):
+        """`name`: a program's file name (found through the build's manifest) or its bundle path."""
+        cached = getattr(target, "_snp_programs", None)
+        if cached is None or cached[0] != target.selftests_dir:
+            cached = (target.selftests_dir, read_programs(target.transport, target.selftests_dir))
+            target._snp_programs = cached
+        binary = cached[1].find(name)
+        if binary is None:
+            pytest.skip(f"{name}: this tree's selftests do not build it (not in the build's manifest of "
+                        f"{len(cached[1].paths)} programs)")
         r = run_selftest(target.transport, target.selftests_dir, binary, args, timeout=timeout, log_dir=log_dir)
         request.node.user_properties.append(("selftest", r.command))
         request.node.user_properties.append(("selftest_duration_s", f"{r.duration_s:.2f}"))

@@ -18,13 +18,13 @@ def pytest_generate_tests(metafunc):
 
 def test_private_mem_conversions(target, selftest, cell):
     if not cell.hugetlb_pages_2m:
-        selftest("x86_64/private_mem_conversions_test", *cell.args, timeout=600)
+        selftest("private_mem_conversions_test", *cell.args, timeout=600)
         return
     if not target.capabilities().has("hugetlb_2m"):
         pytest.skip(f"{target.name}: {target.capabilities().missing('hugetlb_2m')}")
     try:
         with reserved_hugepages(target.transport, cell.hugetlb_pages_2m):
-            selftest("x86_64/private_mem_conversions_test", *cell.args, timeout=600)
+            selftest("private_mem_conversions_test", *cell.args, timeout=600)
     except HugepagesUnavailable as e:
         pytest.skip(f"{target.name}: {e}")
 
@@ -33,4 +33,4 @@ def test_private_mem_conversions(target, selftest, cell):
 def test_private_mem_conversions_under_thp_mode(selftest, thp, mode):
     """The widest anonymous_thp cell with THP `enabled` forced to each mode (restored afterwards)."""
     thp.set(enabled=mode)
-    selftest("x86_64/private_mem_conversions_test", "-s", "anonymous_thp", "-m", "4", "-n", "2", timeout=600)
+    selftest("private_mem_conversions_test", "-s", "anonymous_thp", "-m", "4", "-n", "2", timeout=600)
