@@ -103,12 +103,24 @@ def kernel_cache() -> Path:
     return KERNEL_CACHE
 
 
+# Every tree the harness supports, by name; the first is the default (the newest mainline).
+SUPPORTED_TREES = ("debian:7.3", "debian:6.12")
+
+
 @pytest.fixture(scope="session")
 def kernel_source(kernel_cache):
-    """Debian's linux-source-6.12, imported into git once per machine."""
+    """The default tree (Debian's linux-source-7.3), fetched and imported into git once per machine."""
     from harness.kernel.source import resolve_source
 
     return resolve_source(None, None, kernel_cache)
+
+
+@pytest.fixture(scope="session", params=[t.removeprefix("debian:") for t in SUPPORTED_TREES])
+def supported_tree_dir(request, kernel_cache) -> Path:
+    """Each supported tree's sources (the harness's import of it; read-only for tests)."""
+    from harness.kernel.source import resolve_source
+
+    return resolve_source(f"debian:{request.param}", None, kernel_cache).repo
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Scenario overhead: the same selftest invocations through pytest, against a raw shell loop.
 
 The list is the CI conversion matrix (harness.scenarios.matrix.ci_matrix(): 8 cells of
-x86_64/private_mem_conversions_test) plus guest_memfd_test and
-x86_64/private_mem_kvm_exits_test. Every way uses ONE QemuTarget, booted once before any
+private_mem_conversions_test) plus guest_memfd_test and
+private_mem_kvm_exits_test (found through the build's manifest). Every way uses ONE QemuTarget, booted once before any
 timing and kept up until the end, so boot, install and the capability probe are in neither
 number. Rounds alternate the order of the ways.
 
@@ -196,11 +196,11 @@ def invocations() -> list[Invocation]:
 
     conv, sel = load(TESTS / "test_conversions.py"), load(TESTS / "test_selftests.py")
     conv_needs = _needs(conv) + _needs(conv.test_private_mem_conversions)
-    out = [Invocation("x86_64/private_mem_conversions_test", c.args,
+    out = [Invocation("private_mem_conversions_test", c.args,
                       conv_needs + (("hugetlb_2m",) if c.hugetlb_pages_2m else ()), c.hugetlb_pages_2m)
            for c in ci_matrix()]
     out.append(Invocation("guest_memfd_test", (), _needs(sel.test_guest_memfd)))
-    out.append(Invocation("x86_64/private_mem_kvm_exits_test", (), _needs(sel.test_private_mem_kvm_exits)))
+    out.append(Invocation("private_mem_kvm_exits_test", (), _needs(sel.test_private_mem_kvm_exits)))
     return out
 
 
@@ -395,7 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         caps = target.capabilities()  # probed once, as the plugin's target fixture does; not timed
         reg.target = target
 
-        everything = invocations()
+        from dataclasses import replace
+
+        from harness.scenarios.programs import read_programs
+
+        programs = read_programs(target.transport, target.selftests_dir)  # x86_64/ or x86/, as built
+        everything = [replace(i, binary=programs.find(i.binary) or i.binary) for i in invocations()]
         invs = [i for i in everything if all(caps.has(c) for c in i.needs)]
         pages = max((i.hugetlb_pages for i in invs), default=0)
         if pages:

@@ -8,7 +8,6 @@ bisect works on the same history.
 from __future__ import annotations
 
 import fcntl
-import glob
 import hashlib
 import logging
 import os

@@ -1,4 +1,4 @@
-"""A small, deterministic git history on the imported 6.12 tree, for testing bisect for real.
+"""A small, deterministic git history on the imported default tree, for testing bisect for real.
 
 Eight commits on top of the import: comment-only changes, one that does not build (and
 the next that mends it), and one that breaks KVM_SET_MEMORY_ATTRIBUTES (the last page of

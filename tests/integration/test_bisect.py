@@ -1,4 +1,4 @@
-"""`snp-harness bisect` for real: a generated history on the 6.12 tree, the QEMU target, git bisect run.
+"""`snp-harness bisect` for real: a generated history on the default tree, the QEMU target, git bisect run.
 
 Eight commits (harness/testing/kernel_history.py): one does not build, one breaks
 KVM_SET_MEMORY_ATTRIBUTES so the misaligned-conversion scenario fails. The bisect is

@@ -1,4 +1,4 @@
-"""Source -> series -> config -> cached build, on Debian's real linux-source-6.12 (slow)."""
+"""Source -> series -> config -> cached build, on the default tree (Debian's linux-source-7.3) (slow)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from harness.kernel.build import BuildRequest, build
 from harness.kernel.kconfig import ConfigRequest, make_config
 from harness.kernel.patches import apply_series, load_series
 from harness.kernel.plan import CONFIGS_DIR
+from harness.scenarios.programs import Programs
 
 pytestmark = pytest.mark.slow
 
@@ -97,14 +98,16 @@ def test_build_has_kernel_config_and_selftests(kernel_build):
                    "CONFIG_TRANSPARENT_HUGEPAGE=y", "CONFIG_DEBUG_FS=y", "CONFIG_KEXEC=y"):
         assert option in config.splitlines()
     meta = json.loads((d / "metadata.json").read_text())
-    assert meta["kernel_release"].startswith("6.12.")
+    assert meta["package"].startswith("linux-source-7.3 ")  # the default tree, recorded with its version
+    assert meta["kernel_release"].startswith("7.3.")
     assert meta["key"] == kernel_build.key
     with tarfile.open(d / "selftests.tar.gz") as tar:
         names = set(tar.getnames())
         manifest = json.load(tar.extractfile("manifest.json"))
-    for prog in ("guests/kvm_caps_probe", "x86_64/private_mem_conversions_test", "guest_memfd_test",
-                 "set_memory_region_test", "x86_64/sev_smoke_test"):
-        assert prog in names
+    programs = Programs(tuple(sorted(names - {"manifest.json"})))
+    for prog in ("guests/kvm_caps_probe", "private_mem_conversions_test", "guest_memfd_test",
+                 "set_memory_region_test", "sev_smoke_test", "pre_fault_memory_test"):
+        assert programs.find(prog) in names, prog
     assert {f["path"] for f in manifest["files"]} == names - {"manifest.json"}
 
 
