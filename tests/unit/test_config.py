@@ -434,3 +434,30 @@ def test_example_shows_every_key():
     assert set().union(*(set(h) for h in data["hosts"].values())) == host_keys
     assert set(data["kernel"]) == {f.name for f in dataclasses.fields(KernelConfig)}
     assert set(data["artifacts"]) == {f.name for f in dataclasses.fields(ArtifactsConfig)}
+
+
+def test_every_name_in_the_example_exists(tmp_path):
+    """The series, fragments and tree the example names resolve to real things in this repository."""
+    from harness.kernel import debian
+    from harness.kernel.patches import load_series
+    from harness.kernel.plan import build_request, find_fragment, find_series
+
+    cfg = load_config(EXAMPLE)
+    series = load_series(find_series(cfg.kernel.series))
+    assert series.patches and all(p.path.is_file() for p in series.patches)
+    for name in cfg.kernel.fragments:
+        assert find_fragment(name).is_file()
+    assert cfg.kernel.tree == "debian:7.3" and debian.parse_spec(cfg.kernel.tree).series == "7.3"
+    request = build_request(cfg)  # everything the build would read, resolved without building
+    assert request.tree == "debian:7.3" and request.series.name == cfg.kernel.series
+    assert [f.name for f in request.config.fragments] == list(cfg.kernel.fragments)
+
+
+def test_kernel_tree_key_takes_debian_names_and_rejects_bad_ones(tmp_path):
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[kernel]\ntree = "debian:6.12"\n')
+    assert load_config(ok).kernel.tree == "debian:6.12"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[kernel]\ntree = "debian:six"\n')
+    with pytest.raises(ConfigError, match=r"kernel\.tree.*debian:X\.Y"):
+        load_config(bad)
