@@ -295,15 +295,40 @@ class _StepCounter:
                 self.progress(self.phase, self.done, self.expected)
 
 
+def _reuse(stamp: Path, state: str, outputs: list[Path]) -> bool:
+    """True when the last run of a step had these inputs and left these outputs."""
+    return stamp.exists() and stamp.read_text() == state and all(p.exists() for p in outputs)
+
+
+def _modules_state(obj: Path) -> str:
+    """What modules_install's output depends on: the module list and each module's file."""
+    h = hashlib.sha256((obj / "include/config/kernel.release").read_bytes())
+    order = obj / "modules.order"
+    text = order.read_text() if order.exists() else ""
+    h.update(text.encode())
+    for line in text.split():
+        ko = obj / (line.removesuffix(".o") + ".ko")
+        st = ko.stat() if ko.exists() else None
+        h.update(f"{line} {st.st_size if st else -1} {st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()
+
+
 def _modules_tarball(worktree, obj, make_args, env, logf, staging, log_path) -> None:
+    """modules_install into a tarball; reused when no module changed (a KVM patch relinks only
+    the kernel), so an incremental build costs what make costs."""
     import tarfile
 
-    root = obj / "modules-install"
-    shutil.rmtree(root, ignore_errors=True)
-    _run_make(worktree, obj, [*make_args, "modules_install", f"INSTALL_MOD_PATH={root}", "INSTALL_MOD_STRIP=1"],
-              env, logf, None, "modules", log_path)
-    with tarfile.open(staging / "modules.tar.gz", "w:gz") as tar:
-        tar.add(root, arcname=".")
+    tarball, stamp, state = obj / "modules.tar.gz", obj / ".snp-harness-modules-state", _modules_state(obj)
+    if not _reuse(stamp, state, [tarball]):
+        stamp.unlink(missing_ok=True)
+        root = obj / "modules-install"
+        shutil.rmtree(root, ignore_errors=True)
+        _run_make(worktree, obj, [*make_args, "modules_install", f"INSTALL_MOD_PATH={root}", "INSTALL_MOD_STRIP=1"],
+                  env, logf, None, "modules", log_path)
+        with tarfile.open(tarball, "w:gz") as tar:
+            tar.add(root, arcname=".")
+        stamp.write_text(state)
+    shutil.copy2(tarball, staging / "modules.tar.gz")
 
 
 def _guest_module(worktree, obj, request, make_args, env, logf, staging, log_path) -> None:
@@ -312,9 +337,18 @@ def _guest_module(worktree, obj, request, make_args, env, logf, staging, log_pat
     if not (src / "Kbuild").is_file():
         return
     mdir = obj / "snp-kmod"  # kbuild writes its objects into M=: a copy, never the repository
-    shutil.rmtree(mdir, ignore_errors=True)
-    shutil.copytree(src, mdir)
-    _run_make(worktree, obj, [*make_args, f"M={mdir}", "modules"], env, logf, None, "guest-kmod", log_path)
+    # The module depends on its sources and on the kernel's exported symbols, release and config.
+    h = hashlib.sha256(files_digest(sorted(p for p in src.iterdir() if p.is_file())).encode())
+    for name in ("Module.symvers", "include/config/kernel.release", ".config"):
+        h.update((obj / name).read_bytes() if (obj / name).exists() else b"-")
+    h.update("\0".join(make_args).encode())
+    stamp, state = obj / ".snp-harness-kmod-state", h.hexdigest()
+    if not _reuse(stamp, state, list(mdir.glob("*.ko")) or [mdir / "none.ko"]):
+        stamp.unlink(missing_ok=True)
+        shutil.rmtree(mdir, ignore_errors=True)
+        shutil.copytree(src, mdir)
+        _run_make(worktree, obj, [*make_args, f"M={mdir}", "modules"], env, logf, None, "guest-kmod", log_path)
+        stamp.write_text(state)
     dest = staging / "guest-kmod"
     dest.mkdir()
     for ko in sorted(mdir.glob("*.ko")):

@@ -132,6 +132,8 @@ def _import(origin: Path, dest: Path) -> None:
             subprocess.run(["cp", "-a", f"{origin}/.", str(tmp)], check=True)
         _git(tmp, "init", "-q")
         _git(tmp, "config", "gc.auto", "0")
+        # A reset before every build walks ~90k files: the untracked cache saves `git clean` a rescan.
+        _git(tmp, "config", "core.untrackedCache", "true")
         _git(tmp, "add", "-A", "-f")
         _git(tmp, "commit", "-q", "--no-verify", "-m", f"Import {origin.name}", env=GIT_IDENTITY)
         _git(tmp, "tag", IMPORT_TAG)
