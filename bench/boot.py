@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 from harness.config import load_config  # noqa: E402
 from harness.errors import BootError, BootTimeout, HarnessError, TransportError  # noqa: E402
 from harness.kernel.build import BuildRequest, build  # noqa: E402
+from harness.kernel.source import tree_arg  # noqa: E402
 from harness.targets.qemu import (READY_MARKER, QemuConfig, QemuTarget, choose_accel,  # noqa: E402
                                   live_qemu_pids, qemu_argv)
 from harness.testing.sshd import free_port  # noqa: E402
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kexec-rounds", type=int, default=3, help="kexec reboots and restarts each (default 3)")
     parser.add_argument("-v", "--verbose", action="store_true", help="the harness's INFO log on stderr")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (console logs)")
+    parser.add_argument("--tree", default=None, help="kernel tree to boot (debian:7.3, debian:6.12, a path; "
+                                                     "default: the default tree)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.kexec_rounds < 1:
         parser.error("--rounds and --kexec-rounds must be at least 1")
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cache = load_config(None).cache_dir
         note(f"cache: {cache}; making sure the default build exists (cold: several minutes)")
-        build_ = build(BuildRequest(cache_dir=cache), work / "build.log")
+        build_ = build(BuildRequest(cache_dir=cache, tree=tree_arg(args.tree)), work / "build.log")
         note(f"build {build_.key} ({'hit' if build_.hit else 'built'}); work dir {work}")
         bare = measure_vs_bare(build_, work, args.rounds, bare_procs)
         kx, kexec_error = measure_kexec(build_, work, args.kexec_rounds)
@@ -404,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     if leaked:
         return 3
     accel = choose_accel(QemuConfig().accel)[0]
-    print(json.dumps(report(bare, kx, kexec_error, accel, args.rounds, args.kexec_rounds, time.monotonic() - began)))
+    print(json.dumps({**report(bare, kx, kexec_error, accel, args.rounds, args.kexec_rounds, time.monotonic() - began),
+                      "tree": args.tree or "default", "kernel_release": build_.metadata.get("kernel_release")}))
     return 0
 
 

@@ -12,7 +12,7 @@ Two ratios, each against a baseline measured in the same run on the same build d
 It uses the harness cache under ~/.cache/snp-harness (the default build is made first
 if missing: ~6 min cold on 2 cores). The last stdout line is one JSON object.
 
-    .venv/bin/python bench/build_cache.py [--hits 10]
+    .venv/bin/python bench/build_cache.py [--hits 10] [--tree debian:6.12]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from harness.config import load_config  # noqa: E402
 from harness.kernel.build import BuildRequest, _make_env, build  # noqa: E402
 from harness.kernel.patches import reset_worktree  # noqa: E402
-from harness.kernel.source import resolve_source, worktree_for  # noqa: E402
+from harness.kernel.source import resolve_source, tree_arg, worktree_for  # noqa: E402
 
 SEV_C = "arch/x86/kvm/svm/sev.c"
 CLI = [str(REPO / ".venv" / "bin" / "snp-harness")]
@@ -67,12 +67,16 @@ def main() -> int:
     ap.add_argument("--hits", type=int, default=10, help="cache hits to time (median)")
     ap.add_argument("--noops", type=int, default=3, help="no-op makes to time (median)")
     ap.add_argument("--rounds", type=int, default=5, help="incremental builds of each kind (median)")
+    ap.add_argument("--tree", default=None, help="kernel tree (debian:7.3, debian:6.12, a path; default: the "
+                                                 "default tree)")
     args = ap.parse_args()
 
     cache = load_config(None).cache_dir
     note(f"cache: {cache}; making sure the default build exists (cold: several minutes)")
-    default = build(BuildRequest(cache_dir=cache), Path(tempfile.mkdtemp()) / "build.log")
-    source = resolve_source(None, None, cache)
+    tree = tree_arg(args.tree)
+    tree_flag = ["--tree", str(args.tree)] if args.tree else []
+    default = build(BuildRequest(cache_dir=cache, tree=tree), Path(tempfile.mkdtemp()) / "build.log")
+    source = resolve_source(tree, None, cache)
     worktree = worktree_for(source, cache)
     obj = worktree / f".snp-build-{BuildRequest(cache_dir=cache).config.inputs_digest()[:12]}"
     env = {**_make_env(cache, worktree)}
@@ -80,7 +84,7 @@ def main() -> int:
     menv = {**os.environ, **env}
 
     note("timing cache hits through the CLI")
-    hits = [timed([*CLI, "build"]) for _ in range(args.hits)]
+    hits = [timed([*CLI, "build", *tree_flag]) for _ in range(args.hits)]
 
     note("timing no-op make on the same build dir (after one make to settle it)")
     reset_worktree(worktree, source.base)
@@ -91,13 +95,14 @@ def main() -> int:
                               check=True, capture_output=True, text=True).stdout
     work = Path(tempfile.mkdtemp(prefix="snp-bench-"))
     note("warming the incremental path with one series build")
-    timed([*CLI, "build", "--series", str(comment_series(work / "warm", original, uuid.uuid4().hex))])
+    timed([*CLI, "build", *tree_flag, "--series", str(comment_series(work / "warm", original, uuid.uuid4().hex))])
     sev = worktree / SEV_C
     harness_runs, make_runs = [], []
     for n in range(args.rounds):
         note(f"round {n + 1}/{args.rounds}: incremental harness build, then raw make, one edited file each")
         tag = uuid.uuid4().hex
-        harness_runs.append(timed([*CLI, "build", "--series", str(comment_series(work / tag, original, tag))]))
+        harness_runs.append(timed([*CLI, "build", *tree_flag, "--series",
+                                   str(comment_series(work / tag, original, tag))]))
         sev.write_text(sev.read_text() + f"/* snp-harness bench raw {tag} */\n")
         make_runs.append(timed(make, env=menv))
     reset_worktree(worktree, source.base)
@@ -113,6 +118,8 @@ def main() -> int:
         "incremental_harness_s": round(t_harness, 2),
         "incremental_make_s": round(t_make, 2),
         "default_key": default.key,
+        "tree": args.tree or "default",
+        "package": default.metadata.get("package"),
     }
     print(f"cache hit (CLI)        {hit:8.3f} s  (median of {len(hits)})")
     print(f"make no-op             {noop:8.2f} s  (median of {len(noops)})  -> {result['speedup_vs_make_noop']}x "
