@@ -115,6 +115,16 @@ def kernel_source(kernel_cache):
     return resolve_source(None, None, kernel_cache)
 
 
+@pytest.fixture(scope="session", params=SUPPORTED_TREES)
+def supported_build(request, kernel_cache, tmp_path_factory):
+    """(BuildRequest, Build): each supported tree's default local-target build, built once per
+    machine and shared with the kernel suites (the default tree's is kernel_build's)."""
+    from harness.kernel.build import BuildRequest, build
+
+    req = BuildRequest(cache_dir=kernel_cache, tree=request.param)
+    return req, build(req, tmp_path_factory.mktemp("tree-build") / "build.log")
+
+
 @pytest.fixture(scope="session", params=[t.removeprefix("debian:") for t in SUPPORTED_TREES])
 def supported_tree_dir(request, kernel_cache) -> Path:
     """Each supported tree's sources (the harness's import of it; read-only for tests)."""

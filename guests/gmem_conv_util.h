@@ -4,6 +4,7 @@
  * counterpart. Include it after defining DATA_GPA (the memslot's base gpa) and
  * a `struct ctx` with at least these members:
  *   struct kvm_vm *vm;  int gmem_fd;  uint64_t gmem_offset;  bool failed;
+ *   uint8_t *data_hva;	(the host's shared view of DATA_GPA)
  * fail() reports only the first failure of a subtest, as a KTAP diagnostic.
  */
 #ifndef SNP_HARNESS_GMEM_CONV_UTIL_H
@@ -49,7 +50,7 @@ static inline int set_attrs(struct ctx *c, uint64_t gpa, uint64_t size, bool pri
 
 static inline void host_check_mem(struct ctx *c, uint64_t gpa, uint64_t size, uint8_t pattern)
 {
-	uint8_t *hva = addr_gpa2hva(c->vm, gpa);
+	uint8_t *hva = c->data_hva + (gpa - DATA_GPA);
 	uint64_t i;
 
 	for (i = 0; i < size; i++) {

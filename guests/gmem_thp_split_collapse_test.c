@@ -73,6 +73,7 @@
 #include <processor.h>
 
 #include "kselftest.h"
+#include "snph_api.h"
 #include "gmem_thp_util.h"
 
 
@@ -278,8 +279,8 @@ static void handle_map_gpa_range(struct kvm_run *run)
 		    "Wanted MAP_GPA_RANGE (%u), got '%llu'",
 		    KVM_HC_MAP_GPA_RANGE, run->hypercall.nr);
 	if (run->hypercall.args[2] & MAP_GPA_DO_FALLOCATE)
-		vm_guest_mem_fallocate(vm, gpa, size, shared);
-	vm_set_memory_attributes(vm, gpa, size,
+		snph_vm_guest_mem_fallocate(vm, gpa, size, shared);
+	snph_vm_set_memory_attributes(vm, gpa, size,
 				 shared ? 0 : KVM_MEMORY_ATTRIBUTE_PRIVATE);
 	run->hypercall.ret = 0;
 }
@@ -419,15 +420,15 @@ static bool collapse_and_check(struct verdict *v, uint8_t host_pattern)
 
 int main(void)
 {
-	const struct vm_shape shape = {
-		.mode = VM_MODE_DEFAULT,
-		.type = KVM_X86_SW_PROTECTED_VM,
-	};
 	struct verdict v;
 	bool collapse_ok;
 	long kb;
 	int memfd;
 
+	SNPH_REQUIRE(SNPH_GMEM_MISSING,
+		     SNPH_ARGS(vm_create_shape_with_one_vcpu, SNPH_VM_CREATE_SHAPE_WITH_ONE_VCPU_ARGS, 3),
+		     SNPH_ARGS(vm_guest_mem_fallocate, SNPH_VM_GUEST_MEM_FALLOCATE_ARGS, 4),
+		     SNPH_ARGS(vm_set_memory_attributes, SNPH_VM_SET_MEMORY_ATTRIBUTES_ARGS, 4));
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SW_PROTECTED_VM));
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_GUEST_MEMFD));
 	if (!thp_configured() || thp_never())
@@ -437,10 +438,10 @@ int main(void)
 	ksft_print_header();
 	ksft_set_plan(ARRAY_SIZE(subtests));
 
-	vm = vm_create_shape_with_one_vcpu(shape, &vcpu, guest_code);
+	vm = snph_vm_create_type_with_one_vcpu(KVM_X86_SW_PROTECTED_VM, &vcpu, guest_code);
 	vm_enable_cap(vm, KVM_CAP_EXIT_HYPERCALL, BIT(KVM_HC_MAP_GPA_RANGE));
-	memfd = vm_create_guest_memfd(vm, DATA_SIZE, 0);
-	vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS_THP, DATA_GPA, DATA_SLOT,
+	memfd = snph_vm_create_guest_memfd(vm, DATA_SIZE, 0);
+	snph_vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS_THP, DATA_GPA, DATA_SLOT,
 		   DATA_SIZE / vm->page_size, KVM_MEM_GUEST_MEMFD, memfd, 0);
 	virt_map(vm, DATA_GPA, DATA_GPA, DATA_SIZE / vm->page_size);
 	hva = addr_gpa2hva(vm, DATA_GPA);

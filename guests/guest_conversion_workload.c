@@ -5,7 +5,9 @@
  * kernel, and prints its KTAP results.
  *
  * Part of snp-harness; built with the KVM selftests (it uses none of their
- * library, only kselftest.h for the exit codes).
+ * library, only kselftest.h for the exit codes). Like every guests/guest_*
+ * program it is compiled on its own, without the KVM library, whose
+ * constructor needs /dev/kvm in newer trees, which a guest does not have.
  *
  *   guest_conversion_workload MODULE.ko [rounds=N] [max_ms=N]
  *

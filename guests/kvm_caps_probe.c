@@ -16,7 +16,7 @@
  * header, as in every KVM selftest. Then:
  *
  *   TAP version 13
- *   1..6
+ *   1..8
  *   ok 1 vm_types
  *   ok 2 guest_memfd
  *   ok 3 memory_attributes
@@ -24,6 +24,7 @@
  *   ok 5 create_sw_protected_vm
  *   ok 6 create_snp_vm # SKIP <reason>
  *   ok 7 gmem_huge_folios # SKIP <reason>
+ *   ok 8 gmem_mmap # SKIP <reason>
  *
  * Test names and their order are fixed. Verdicts:
  *   ok         the feature is present and works;
@@ -43,6 +44,13 @@
  *   result   "ok", or "<ERRNO>(<n>)" such as "EINVAL(22)"; errno values
  *            without a known name are "errno(<n>)".
  *   int      a decimal integer (a KVM_CHECK_EXTENSION answer).
+ *   use      "ok": a guest_memfd was created, mmap()ed MAP_SHARED, and the
+ *            host faulted its pages in (MADV_POPULATE_WRITE) and wrote and
+ *            read them; else "<step> <result>" for the first step that
+ *            failed, step one of create, mmap, fault, e.g. "fault EFAULT(14)"
+ *            (KVM keeps the pages private: the host may not fault them in),
+ *            or "data mismatch"; "undefined" when the UAPI headers the probe
+ *            was built against lack the flag.
  *
  *   kernel_release          string, uname -r
  *   kvm_api_version         int, KVM_GET_API_VERSION
@@ -82,6 +90,19 @@
  *   gmem_huge_flags         the same on gmem_vm_type
  *   gmem_huge_kb            kB that fallocate put into huge pages under
  *                           gmem_huge_flags (the most seen if "none")
+ *   guest_memfd_flags       mask, KVM_CAP_GUEST_MEMFD_FLAGS on /dev/kvm
+ *   guest_memfd_flags_<t>   mask, KVM_CAP_GUEST_MEMFD_FLAGS on a VM of type
+ *                           <t> (both absent if the headers lack the cap)
+ *   gmem_mmap_<t>           use, flags GUEST_MEMFD_FLAG_MMAP
+ *   gmem_init_shared_<t>    use, flags GUEST_MEMFD_FLAG_MMAP | INIT_SHARED
+ *                           (the _<t> keys of gmem_flags and of these, for
+ *                           every <t> that created a 2 MiB guest_memfd)
+ *
+ * gmem_mmap is about KVM_X86_SW_PROTECTED_VM, the type our guest_memfd
+ * tests use: "ok" once such a guest_memfd could be created and mmap()ed
+ * (faulting in may be refused: its pages start private); "not ok" when
+ * KVM_CAP_GUEST_MEMFD_FLAGS advertises MMAP (or INIT_SHARED) for it and the
+ * corresponding use failed; SKIP otherwise.
  *
  * Mainline (6.12) guest_memfd allocates only order-0 folios; series that
  * add huge folios name their flag differently (or need none), which is why
@@ -98,6 +119,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/utsname.h>
 
 #include <linux/falloc.h>
@@ -108,7 +130,7 @@
 
 #define GMEM_PROBE_SIZE		(2UL << 20)
 #define NR_VM_TYPES		5
-#define NR_TESTS		7
+#define NR_TESTS		8
 #define HUGE_PROBE_SIZE		(4UL << 20)
 
 static const char * const vm_type_names[NR_VM_TYPES] = {
@@ -124,6 +146,17 @@ static const int gmem_vm_preference[] = {
 	KVM_X86_SNP_VM, KVM_X86_SW_PROTECTED_VM, KVM_X86_DEFAULT_VM,
 };
 
+/* How far using an mmap()ed guest_memfd got: the first step that failed. */
+enum { USE_UNDEFINED, USE_CREATE, USE_MMAP, USE_FAULT, USE_DATA, USE_OK };
+static const char * const use_steps[] = {
+	[USE_CREATE] = "create", [USE_MMAP] = "mmap", [USE_FAULT] = "fault",
+};
+
+struct gmem_use {
+	int step;
+	int err;
+};
+
 struct vm_facts {
 	int create_errno;		/* 0: KVM_CREATE_VM succeeded */
 	int gmem_cap;			/* KVM_CAP_GUEST_MEMFD on the VM */
@@ -133,6 +166,8 @@ struct vm_facts {
 	int flag_errno[64];		/* per bit: 0 accepted, else errno */
 	int64_t huge_flags;		/* -1: no flags gave huge folios */
 	long huge_kb;			/* kB put into huge pages (max seen) */
+	int flags_cap;			/* KVM_CAP_GUEST_MEMFD_FLAGS on the VM */
+	struct gmem_use use_mmap, use_init_shared;	/* see use_gmem_mmap() */
 };
 
 static struct vm_facts vms[NR_VM_TYPES];
@@ -283,6 +318,62 @@ static long gmem_huge_kb(int vm_fd, uint64_t flags)
 	return after > before ? after - before : 0;
 }
 
+#ifdef GUEST_MEMFD_FLAG_MMAP
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE	23
+#endif
+
+/*
+ * Create a guest_memfd with @flags, mmap() it shared and use it from the
+ * host.  MADV_POPULATE_WRITE reports a page the host may not fault in
+ * (KVM's SIGBUS for private guest_memfd pages) as EFAULT, so no signal
+ * handling is needed.
+ */
+static struct gmem_use use_gmem_mmap(int vm_fd, uint64_t flags)
+{
+	struct gmem_use u = { USE_CREATE, 0 };
+	size_t size = 2 * getpagesize();
+	volatile uint8_t *mem;
+	int fd = create_gmem(vm_fd, size, flags);
+
+	if (fd < 0) {
+		u.err = -fd;
+		return u;
+	}
+	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (mem == MAP_FAILED) {
+		u.step = USE_MMAP;
+		u.err = errno;
+		close(fd);
+		return u;
+	}
+	if (madvise((void *)mem, size, MADV_POPULATE_WRITE)) {
+		u.step = USE_FAULT;
+		u.err = errno;
+	} else {
+		mem[0] = 0xa5;
+		mem[size - 1] = 0x5a;
+		u.step = mem[0] == 0xa5 && mem[size - 1] == 0x5a ? USE_OK : USE_DATA;
+	}
+	munmap((void *)mem, size);
+	close(fd);
+	return u;
+}
+#endif
+
+static void print_use(const char *key, const char *type, struct gmem_use u)
+{
+	printf("# %s_%s: ", key, type);
+	if (u.step == USE_OK)
+		printf("ok\n");
+	else if (u.step == USE_UNDEFINED)
+		printf("undefined\n");
+	else if (u.step == USE_DATA)
+		printf("data mismatch\n");
+	else
+		printf("%s %s\n", use_steps[u.step], result_str(u.err));
+}
+
 static void probe_huge_folios(int vm_fd, struct vm_facts *f)
 {
 	long kb = gmem_huge_kb(vm_fd, 0);
@@ -338,6 +429,15 @@ static void probe_vm_type(int kvm_fd, int type)
 		}
 	}
 	probe_huge_folios(vm_fd, f);
+#ifdef KVM_CAP_GUEST_MEMFD_FLAGS
+	f->flags_cap = check_cap(vm_fd, KVM_CAP_GUEST_MEMFD_FLAGS);
+#endif
+#ifdef GUEST_MEMFD_FLAG_MMAP
+	f->use_mmap = use_gmem_mmap(vm_fd, GUEST_MEMFD_FLAG_MMAP);
+#endif
+#ifdef GUEST_MEMFD_FLAG_INIT_SHARED
+	f->use_init_shared = use_gmem_mmap(vm_fd, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED);
+#endif
 	close(vm_fd);
 }
 
@@ -503,6 +603,63 @@ static void report_huge_folios(int gmem_type)
 	report(KSFT_SKIP, "gmem_huge_folios", reason);
 }
 
+/* The UAPI's flag bits, or 0 where the headers predate them. */
+#ifdef GUEST_MEMFD_FLAG_MMAP
+#define PROBE_FLAG_MMAP		GUEST_MEMFD_FLAG_MMAP
+#else
+#define PROBE_FLAG_MMAP		0
+#endif
+#ifdef GUEST_MEMFD_FLAG_INIT_SHARED
+#define PROBE_FLAG_INIT_SHARED	GUEST_MEMFD_FLAG_INIT_SHARED
+#else
+#define PROBE_FLAG_INIT_SHARED	0
+#endif
+
+static void report_gmem_mmap(int kvm_fd)
+{
+	const struct vm_facts *f = &vms[KVM_X86_SW_PROTECTED_VM];
+	bool advertised = f->flags_cap & PROBE_FLAG_MMAP;
+	char reason[192];
+	int t;
+
+#ifdef KVM_CAP_GUEST_MEMFD_FLAGS
+	print_mask("guest_memfd_flags", (unsigned int)check_cap(kvm_fd, KVM_CAP_GUEST_MEMFD_FLAGS),
+		   gmem_flag_names, ARRAY_SIZE(gmem_flag_names));
+#endif
+	for (t = 0; t < NR_VM_TYPES; t++) {
+		if (vms[t].create_errno || vms[t].gmem_errno)
+			continue;
+#ifdef KVM_CAP_GUEST_MEMFD_FLAGS
+		{
+			char key[48];
+
+			snprintf(key, sizeof(key), "guest_memfd_flags_%s", vm_type_names[t]);
+			print_mask(key, (unsigned int)vms[t].flags_cap, gmem_flag_names,
+				   ARRAY_SIZE(gmem_flag_names));
+		}
+#endif
+		print_use("gmem_mmap", vm_type_names[t], vms[t].use_mmap);
+		print_use("gmem_init_shared", vm_type_names[t], vms[t].use_init_shared);
+	}
+	(void)kvm_fd;
+
+	if (f->create_errno || f->gmem_errno) {
+		report(KSFT_SKIP, "gmem_mmap", "no KVM_X86_SW_PROTECTED_VM guest_memfd");
+	} else if (f->use_mmap.step == USE_UNDEFINED) {
+		report(KSFT_SKIP, "gmem_mmap", "built against UAPI headers without GUEST_MEMFD_FLAG_MMAP");
+	} else if (f->use_mmap.step <= USE_MMAP) {
+		snprintf(reason, sizeof(reason), "GUEST_MEMFD_FLAG_MMAP guest_memfd of a sw_protected VM: %s %s%s",
+			 use_steps[f->use_mmap.step], result_str(f->use_mmap.err),
+			 advertised ? ", although KVM_CAP_GUEST_MEMFD_FLAGS advertises it" : "");
+		report(advertised ? KSFT_FAIL : KSFT_SKIP, "gmem_mmap", reason);
+	} else if ((f->flags_cap & PROBE_FLAG_INIT_SHARED) && f->use_init_shared.step != USE_OK) {
+		report(KSFT_FAIL, "gmem_mmap",
+		       "KVM_CAP_GUEST_MEMFD_FLAGS advertises INIT_SHARED for sw_protected, but using it failed");
+	} else {
+		report(KSFT_PASS, "gmem_mmap", NULL);
+	}
+}
+
 static void report_create_vm(uint64_t vm_types, int type, const char *name)
 {
 	int e = vms[type].create_errno;
@@ -552,6 +709,7 @@ int main(void)
 	report_create_vm(vm_types, KVM_X86_SW_PROTECTED_VM, "create_sw_protected_vm");
 	report_create_vm(vm_types, KVM_X86_SNP_VM, "create_snp_vm");
 	report_huge_folios(gmem_type);
+	report_gmem_mmap(kvm_fd);
 
 	close(kvm_fd);
 	ksft_finished();

@@ -92,7 +92,6 @@
 #include "kvm_util.h"
 #include "processor.h"
 #include "sparsebit.h"
-#include "sev.h"
 
 #include "snp_util.h"
 
@@ -433,6 +432,7 @@ struct ctx {
 	struct kvm_vm *vm;
 	struct kvm_vcpu *vcpu;
 	struct mbox *mb;	/* host view of the mailbox */
+	uint8_t *data_hva;	/* host view of the data slot (shared) */
 	int gmem_fd;
 	uint64_t gmem_offset;
 	uint64_t psc_exits;
@@ -551,13 +551,14 @@ static void test_conversions_at_offset(uint64_t off, unsigned int *pattern_seed)
 
 	c.vm = snpt_vm_create(&c.vcpu, guest_code, SLOT0_PAGES, SLOT0_EXTRA_PAGES);
 	vm_enable_cap(c.vm, KVM_CAP_EXIT_HYPERCALL, BIT_ULL(KVM_HC_MAP_GPA_RANGE));
-	c.gmem_fd = vm_create_guest_memfd(c.vm, GMEM_SIZE, gmem_create_flags);
-	vm_mem_add(c.vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT,
+	c.gmem_fd = snph_vm_create_guest_memfd(c.vm, GMEM_SIZE, gmem_create_flags);
+	snph_vm_mem_add(c.vm, VM_MEM_SRC_ANONYMOUS, DATA_GPA, DATA_SLOT,
 		   SLOT_SIZE / PAGE_SIZE, KVM_MEM_GUEST_MEMFD, c.gmem_fd, off);
 	snpt_map_shared_and_private_views(c.vm, DATA_SLOT, DATA_GPA, SLOT_SIZE, PRIV_GVA);
+	c.data_hva = addr_gpa2hva(c.vm, DATA_GPA);
 
 	/* The mailbox: ordinary (non-gmem, never private) memory, identity mapped. */
-	vm_mem_add(c.vm, VM_MEM_SRC_ANONYMOUS, MBOX_GPA, MBOX_SLOT, 1, 0, -1, 0);
+	snph_vm_mem_add(c.vm, VM_MEM_SRC_ANONYMOUS, MBOX_GPA, MBOX_SLOT, 1, 0, -1, 0);
 	virt_map(c.vm, MBOX_GPA, MBOX_GPA, 1);
 	c.mb = addr_gpa2hva(c.vm, MBOX_GPA);
 	memset(c.mb, 0, PAGE_SIZE);

@@ -96,7 +96,6 @@
 #include "kvm_util.h"
 #include "processor.h"
 #include "sparsebit.h"
-#include "sev.h"
 
 #include "snp_util.h"
 #include "gmem_thp_util.h"
@@ -620,15 +619,15 @@ int main(void)
 
 	vm = snpt_vm_create(&vcpu, guest_code, SLOT0_PAGES, SLOT0_EXTRA_PAGES);
 	vm_enable_cap(vm, KVM_CAP_EXIT_HYPERCALL, BIT_ULL(KVM_HC_MAP_GPA_RANGE));
-	gmem_fd = vm_create_guest_memfd(vm, DATA_SIZE, 0);
-	vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS_THP, DATA_GPA, DATA_SLOT,
+	gmem_fd = snph_vm_create_guest_memfd(vm, DATA_SIZE, 0);
+	snph_vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS_THP, DATA_GPA, DATA_SLOT,
 		   DATA_SIZE / vm->page_size, KVM_MEM_GUEST_MEMFD, gmem_fd, 0);
 	snpt_map_shared_and_private_views(vm, DATA_SLOT, DATA_GPA, DATA_SIZE, PRIV_GVA);
 	hva = addr_gpa2hva(vm, DATA_GPA);
 	TEST_ASSERT(!((uintptr_t)hva & (SZ_2M - 1)), "host mapping %p not 2M aligned", hva);
 
 	/* The mailbox: ordinary (non-gmem, never private) memory, identity mapped. */
-	vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS, MBOX_GPA, MBOX_SLOT, 1, 0, -1, 0);
+	snph_vm_mem_add(vm, VM_MEM_SRC_ANONYMOUS, MBOX_GPA, MBOX_SLOT, 1, 0, -1, 0);
 	virt_map(vm, MBOX_GPA, MBOX_GPA, 1);
 	mb = addr_gpa2hva(vm, MBOX_GPA);
 	memset(mb, 0, PAGE_SIZE);

@@ -4,13 +4,16 @@
  * (guests/snp_*.c).  Everything is static inline so that each test, built
  * as its own program, compiles on its own and without unused warnings.
  *
- * Written against the 6.12 selftests library, which has SEV and SEV-ES
- * launch helpers but no SNP ones, so the SNP VM creation and launch are
- * done here, on the uAPI:
+ * SNP VM creation and launch come from the tree's selftest library where
+ * its sev.h has SNP launch helpers (SNPH_HAVE_SNP_LIB, see snph_api.h).
+ * Otherwise (a library with SEV and SEV-ES helpers only, as 6.12's) they
+ * are done here, on the uAPI:
  *   KVM_CREATE_VM(KVM_X86_SNP_VM), KVM_SEV_INIT2, KVM_SEV_SNP_LAUNCH_START,
  *   KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) + KVM_SEV_SNP_LAUNCH_UPDATE(NORMAL) of
  *   every page the library allocated as protected (code, data, stack, page
- *   tables, descriptor tables), KVM_SEV_SNP_LAUNCH_FINISH.
+ *   tables, descriptor tables), KVM_SEV_SNP_LAUNCH_FINISH;
+ * that path needs the library shapes it was written against (SNPT_OWN_OK).
+ * A library fitting neither makes snpt_require_snp() skip with the reason.
  * Memslot 0 (the library's code/data/page-table slot) is guest_memfd backed,
  * because an SNP guest's code and page tables must be private.
  *
@@ -24,8 +27,9 @@
  * (SNPT_DOORBELL_GPA) that the host recognises and never turns into a
  * memory attribute change.
  *
- * Includers must include kvm_util.h, processor.h, sparsebit.h and sev.h
- * (and <fcntl.h>, <errno.h>, <string.h>) first.
+ * Includers must include kvm_util.h, processor.h and sparsebit.h (and
+ * <fcntl.h>, <errno.h>, <string.h>) first; sev.h comes from here, where the
+ * library has it.
  */
 #ifndef SNP_HARNESS_SNP_UTIL_H
 #define SNP_HARNESS_SNP_UTIL_H
@@ -40,7 +44,46 @@
 #include "kvm_util.h"
 #include "processor.h"
 #include "sparsebit.h"
+#include "snph_api.h"
+#if SNPH_HAVE_SEV_H
 #include "sev.h"
+#endif
+
+/* The library shapes each way of creating and launching an SNP VM calls. */
+#define SNPT_LIB_OK	(SNPH_HAVE_SEV_H && SNPH_HAVE_SNP_LIB && SNPH_HAVE_VM_SHAPE_TYPE &&	\
+			 SNPH___VM_CREATE_WITH_VCPUS_ARGS == 5)
+#define SNPT_OWN_OK	(SNPH_HAVE_SEV_H && SNPH_HAVE_VM_SHAPE_TYPE &&			\
+			 SNPH_____VM_CREATE_ARGS == 1 && SNPH_KVM_ARCH_VM_POST_CREATE_ARGS == 1 && \
+			 SNPH_KVM_VM_ELF_LOAD_ARGS == 2 && SNPH_VM_VCPU_ADD_ARGS == 3 &&	\
+			 SNPH_VM_MEM_ADD_ARGS == 8 && SNPH_VM_MEM_SET_PRIVATE_ARGS == 3 &&	\
+			 SNPH_VM_SEV_IOCTL_ARGS == 3 && SNPH___VM_SEV_IOCTL_ARGS == 3 &&	\
+			 SNPH_OPEN_SEV_DEV_PATH_OR_EXIT_ARGS == 0 &&				\
+			 SNPH_HAVE_KVM_VM_GPA_TAG_MASK && SNPH_HAVE_KVM_VM_ARCH_SEV_FD &&	\
+			 SNPH_HAVE_KVM_VM_ARCH_C_BIT && SNPH_HAVE_KVM_VM_ARCH_IS_PT_PROTECTED)
+
+#if SNPH_HAVE_SNP_LIB
+#define SNPT_API_MISSING								\
+	SNPH_HAVE(SNPH_HAVE_SEV_H, "no sev.h"),						\
+	SNPH_HAVE(SNPH_HAVE_VM_SHAPE_TYPE, "no struct vm_shape with a VM type"),	\
+	SNPH_ARGS(__vm_create_with_vcpus, SNPH___VM_CREATE_WITH_VCPUS_ARGS, 5)
+#else
+#define SNPT_API_MISSING								\
+	SNPH_HAVE(SNPH_HAVE_SEV_H, "no sev.h"),						\
+	SNPH_HAVE(SNPH_HAVE_VM_SHAPE_TYPE, "no struct vm_shape with a VM type"),	\
+	SNPH_ARGS(____vm_create, SNPH_____VM_CREATE_ARGS, 1),				\
+	SNPH_ARGS(kvm_arch_vm_post_create, SNPH_KVM_ARCH_VM_POST_CREATE_ARGS, 1),	\
+	SNPH_ARGS(kvm_vm_elf_load, SNPH_KVM_VM_ELF_LOAD_ARGS, 2),			\
+	SNPH_ARGS(vm_vcpu_add, SNPH_VM_VCPU_ADD_ARGS, 3),				\
+	SNPH_ARGS(vm_mem_add, SNPH_VM_MEM_ADD_ARGS, 8),					\
+	SNPH_ARGS(vm_mem_set_private, SNPH_VM_MEM_SET_PRIVATE_ARGS, 3),			\
+	SNPH_ARGS(vm_sev_ioctl, SNPH_VM_SEV_IOCTL_ARGS, 3),				\
+	SNPH_ARGS(__vm_sev_ioctl, SNPH___VM_SEV_IOCTL_ARGS, 3),				\
+	SNPH_ARGS(open_sev_dev_path_or_exit, SNPH_OPEN_SEV_DEV_PATH_OR_EXIT_ARGS, 0),	\
+	SNPH_HAVE(SNPH_HAVE_KVM_VM_GPA_TAG_MASK, "no kvm_vm.gpa_tag_mask"),		\
+	SNPH_HAVE(SNPH_HAVE_KVM_VM_ARCH_SEV_FD, "no kvm_vm_arch.sev_fd"),		\
+	SNPH_HAVE(SNPH_HAVE_KVM_VM_ARCH_C_BIT, "no kvm_vm_arch.c_bit"),			\
+	SNPH_HAVE(SNPH_HAVE_KVM_VM_ARCH_IS_PT_PROTECTED, "no kvm_vm_arch.is_pt_protected")
+#endif
 
 #define SNPT_DOORBELL_GPA	0x7fff000000ull		/* in no memslot */
 
@@ -122,6 +165,7 @@ static inline void snpt_require_snp(void)
 {
 	int fd;
 
+	SNPH_REQUIRE(SNPH_GMEM_MISSING, SNPT_API_MISSING);
 	if (!(kvm_check_cap(KVM_CAP_VM_TYPES) & BIT(KVM_X86_SNP_VM)))
 		ksft_exit_skip("KVM_X86_SNP_VM not in KVM_CAP_VM_TYPES (no SEV-SNP in this host/KVM)\n");
 	fd = open("/dev/sev", O_RDWR);
@@ -137,12 +181,11 @@ static inline void snpt_require_snp(void)
 		ksft_exit_skip("KVM_CAP_EXIT_HYPERCALL lacks KVM_HC_MAP_GPA_RANGE\n");
 }
 
-#ifdef SNP_POLICY_SMT
+#if SNPT_LIB_OK
 /*
- * The tree's selftests library knows SNP (upstream 6.15+): it backs slot 0
- * with guest_memfd, does KVM_SEV_INIT2 and the SNP launch itself.  This
- * branch is not compiled against 6.12 (unverified here).  slot0_pages is
- * unused: the library sizes slot 0 itself, plus extra_pages.
+ * The tree's selftests library knows SNP: it backs slot 0 with
+ * guest_memfd, does KVM_SEV_INIT2 and the SNP launch itself.  slot0_pages
+ * is unused: the library sizes slot 0 itself, plus extra_pages.
  */
 static inline struct kvm_vm *snpt_vm_create(struct kvm_vcpu **vcpu, void *guest_code,
 					    uint64_t slot0_pages, uint64_t extra_pages)
@@ -166,10 +209,10 @@ static inline void snpt_launch(struct kvm_vm *vm)
 	snp_vm_launch_update(vm);
 	snp_vm_launch_finish(vm);
 }
-#else
+#elif !SNPH_HAVE_SNP_LIB && SNPT_OWN_OK
 /*
- * 6.12: the library has SEV/SEV-ES helpers only; SNP is done here.  Slot 0
- * gets slot0_pages pages (code, data, page tables, stack); extra_pages is
+ * The library has SEV/SEV-ES helpers only; SNP is done here.  Slot 0 gets
+ * slot0_pages pages (code, data, page tables, stack); extra_pages is
  * unused (the library path's headroom).
  */
 static inline struct kvm_vm *snpt_vm_create(struct kvm_vcpu **vcpu, void *guest_code,
@@ -252,6 +295,10 @@ static inline void snpt_launch(struct kvm_vm *vm)
 	vm_sev_ioctl(vm, KVM_SEV_SNP_LAUNCH_FINISH, &finish);
 	vm->arch.is_pt_protected = true;
 }
+#else
+/* Neither fits this library: snpt_require_snp() skips before these run. */
+#define snpt_vm_create(...)	(snph_unreachable("snpt_vm_create", __VA_ARGS__), (struct kvm_vm *)NULL)
+#define snpt_launch(...)	snph_unreachable("snpt_launch", __VA_ARGS__)
 #endif
 
 /*

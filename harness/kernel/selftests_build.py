@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from harness.errors import BuildError, BuildTimeout, CommandTimeout, ConfigError
 from harness.kernel import buildlog
+from harness.kernel.selftest_api import SelftestApi, detect
 from harness.transport.local import LocalTransport
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,29 @@ log = logging.getLogger(__name__)
 KVM_SELFTESTS = "tools/testing/selftests/kvm"
 GUESTS = "guests"  # our programs' directory name, in the source repo and in the bundle
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+GUEST_CC = "gcc"
+# guests/guest_*.c run inside a guest, not on a KVM host. They use none of the KVM library, and
+# they must not link it: its constructor opens /dev/kvm in newer trees and skips without it.
+GUEST_SIDE_PREFIX = "guest_"
+MANIFEST_FORMAT = 2  # 2: + selftest_api (format 1 manifests load with None)
 MAKE_TIMEOUT_S = 3600
 STRIP_TIMEOUT_S = 120
 
 # Characters make cannot take in a path used in a variable, a vpath or a pattern rule.
 _MAKE_UNSAFE = re.compile(r"[\s$#:%\\'\"*?\[\]]")
+_GUEST_CFLAG = re.compile(r"^-D[A-Za-z_]\w*=-?\d+$")
+GUEST_FLAGS_STAMP = ".snph-cflags"  # in OUTPUT/guests: the flags its objects were compiled with
 
 # Where build output is streamed: a callable taking text, or a text or binary file object.
 LogSink = Callable[[str], None] | Any
+
+
+def find_program(paths: Sequence[str], name: str) -> list[str]:
+    """Bundle paths that `name` may mean: itself if listed, else every program with that file name.
+    Trees put the x86 programs under x86_64/ (before 6.13) or x86/: never hard-code either."""
+    if name in paths:
+        return [name]
+    return [p for p in paths if p.rsplit("/", 1)[-1] == name]
 
 
 @dataclass(frozen=True)
@@ -66,10 +81,17 @@ class ManifestEntry:
 class Manifest:
     source_tree: str | None
     files: tuple[ManifestEntry, ...]  # sorted by path
+    selftest_api: SelftestApi | None = None  # what guests/ were compiled against
 
     @property
     def guest_programs(self) -> int:
         return sum(1 for f in self.files if f.path.startswith(GUESTS + "/"))
+
+    def locate(self, name: str) -> str | None:
+        """The bundle path of the program called `name` (e.g. "x86/sev_smoke_test" for
+        "sev_smoke_test"), wherever this tree's Makefile put it; None if absent or ambiguous."""
+        found = find_program([f.path for f in self.files], name)
+        return found[0] if len(found) == 1 else None
 
     @property
     def tree_programs(self) -> int:
@@ -81,6 +103,7 @@ class Manifest:
             "source_tree": self.source_tree,
             "counts": {"total": len(self.files), "tree": self.tree_programs, "guests": self.guest_programs},
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
+            "selftest_api": self.selftest_api.to_dict() if self.selftest_api is not None else None,
         }
 
     def to_json(self) -> str:
@@ -89,7 +112,8 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
         files = tuple(ManifestEntry(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in data["files"])
-        return cls(data.get("source_tree"), files)
+        api = data.get("selftest_api")
+        return cls(data.get("source_tree"), files, SelftestApi.from_dict(api) if api else None)
 
 
 @dataclass(frozen=True)
@@ -109,21 +133,37 @@ def guest_programs(guests_dir: Path) -> list[str]:
 
 
 def selftest_commands(srctree: Path, build_dir: Path, hdr_dir: Path, out_dir: Path,
-                      guests_dir: Path, jobs: int) -> list[list[str]]:
-    """The argv lists that build headers, the tree's KVM selftests and our guests. Pure."""
+                      guests_dir: Path, jobs: int, guest_cflags: Sequence[str] = ()) -> list[list[str]]:
+    """The argv lists that build headers, the tree's KVM selftests and our guests. Pure.
+
+    guest_cflags (-DNAME=INT only) are added to the compile commands of our objects alone.
+    """
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ConfigError(f"selftests: jobs must be a positive integer, not {jobs!r}")
     src, obj, hdr, out, guests = (_make_path(p) for p in (srctree, build_dir, hdr_dir, out_dir, guests_dir))
     if os.path.basename(guests) != GUESTS:
         raise ConfigError(f"selftests: the guest programs directory must be named {GUESTS!r}: {guests}")
+    bad = [f for f in guest_cflags if not _GUEST_CFLAG.match(f)]
+    if bad:
+        raise ConfigError(f"selftests: guest flags must be -DNAME=INT: {bad}")
+    flags = [f"--eval={out}/{GUESTS}/%.o: private CPPFLAGS += {' '.join(guest_cflags)}"] if guest_cflags else []
     return [
         ["make", "-C", src, f"O={obj}", "headers_install", f"INSTALL_HDR_PATH={hdr}"],
         ["make", "-C", f"{src}/{KVM_SELFTESTS}",
-         f"--eval=TEST_GEN_PROGS := $(patsubst {guests}/%.c,{GUESTS}/%,$(wildcard {guests}/*.c))",
-         f"--eval=vpath {GUESTS}/%.c {os.path.dirname(guests)}",
+         f"--eval=TEST_GEN_PROGS := $(filter-out {GUESTS}/{GUEST_SIDE_PREFIX}%,"
+         f"$(patsubst {guests}/%.c,{GUESTS}/%,$(wildcard {guests}/*.c)))",
+         f"--eval=vpath {GUESTS}/%.c {os.path.dirname(guests)}", *flags,
          f"-j{jobs}", f"KHDR_INCLUDES=-isystem {hdr}/include", f"OUTPUT={out}",
          f"TMPOUT={out}/.tmp_$$$$"],
+        *([GUEST_CC, "-O2", "-Wall", f"-I{src}/tools/testing/selftests", f"-isystem{hdr}/include",
+           f"{guests}/{name}.c", "-o", f"{out}/{GUESTS}/{name}"]
+          for name in guest_side_programs(Path(guests))),
     ]
+
+
+def guest_side_programs(guests_dir: Path) -> list[str]:
+    """Our programs that run inside a guest (built without the KVM library)."""
+    return [name for name in guest_programs(guests_dir) if name.startswith(GUEST_SIDE_PREFIX)]
 
 
 def _make_path(p: Path) -> str:
@@ -147,9 +187,11 @@ def build_selftests(srctree: Path, build_dir: Path, work_dir: Path, guests_dir: 
         raise ConfigError(f"selftests: {srctree} has no {KVM_SELFTESTS}/Makefile")
     hdr_dir, out_dir = work_dir / "headers", work_dir / "kvm"
     tarball = Path(dest_tar) if dest_tar is not None else work_dir / "selftests.tar.gz"
-    commands = selftest_commands(srctree, build_dir, hdr_dir, out_dir, guests_dir, jobs)
+    api = detect(srctree)
+    commands = selftest_commands(srctree, build_dir, hdr_dir, out_dir, guests_dir, jobs, api.cflags())
     work_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(exist_ok=True)
+    _forget_objects_of_other_flags(out_dir / GUESTS, api.cflags())
     log_path = work_dir / "selftests-build.log"
     durations: dict[str, float] = {}
     with open(log_path, "wb", buffering=0) as logf:
@@ -158,17 +200,34 @@ def build_selftests(srctree: Path, build_dir: Path, work_dir: Path, guests_dir: 
             before = _snapshot(hdr_dir)
             durations["headers_install"] = _run_step("headers_install", commands[0], env, tee, logf, log_path)
             _restore_mtimes(before)
+            for problem in api.problems:
+                tee.note(f"# selftest library: {problem}\n")
             durations["selftests"] = _run_step("selftests", commands[1], env, tee, logf, log_path)
+            (out_dir / GUESTS).mkdir(parents=True, exist_ok=True)
+            for argv in commands[2:]:
+                durations["guest-side"] = durations.get("guest-side", 0) + _run_step(
+                    "guest-side programs", argv, env, tee, logf, log_path)
         finally:
             tee.flush()
     t = time.monotonic()
-    programs = _built_programs(commands[1], out_dir, env, log_path)
-    manifest = bundle_selftests(out_dir, tarball, source_tree=srctree, programs=programs)
+    programs = _built_programs(commands[1], out_dir, env, log_path) + [Path(c[-1]) for c in commands[2:]]
+    manifest = bundle_selftests(out_dir, tarball, source_tree=srctree, programs=programs, selftest_api=api)
     durations["bundle"] = time.monotonic() - t
     logging.getLogger(__name__).info("selftests: bundled %d programs (%d ours) into %s in %.1fs",
                                      len(manifest.files), manifest.guest_programs, tarball, durations["bundle"])
     return SelftestsBuild(out_dir, hdr_dir, tarball, manifest, log_path,
                           tuple(tuple(c) for c in commands), durations)
+
+
+def _forget_objects_of_other_flags(guests_out: Path, flags: Sequence[str]) -> None:
+    """make does not track flags: when ours changed, delete our objects so that they are rebuilt."""
+    stamp, text = guests_out / GUEST_FLAGS_STAMP, " ".join(flags) + "\n"
+    if stamp.is_file() and stamp.read_text() == text:
+        return
+    for obj in guests_out.glob("*.o"):
+        obj.unlink()
+    guests_out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(text)
 
 
 def _snapshot(root: Path) -> dict[Path, tuple[bytes, int]]:
@@ -278,7 +337,8 @@ def _executables(root: Path) -> list[Path]:
 
 
 def bundle_selftests(out_dir: Path, dest_tar: Path, *, source_tree: Path | None = None,
-                     programs: Sequence[Path] | None = None) -> Manifest:
+                     programs: Sequence[Path] | None = None,
+                     selftest_api: SelftestApi | None = None) -> Manifest:
     """A deterministic .tar.gz of the programs under out_dir, debug info stripped, with manifest.json.
 
     `programs` (paths under out_dir) defaults to every executable file there.
@@ -306,7 +366,7 @@ def bundle_selftests(out_dir: Path, dest_tar: Path, *, source_tree: Path | None 
             data = copy.read_bytes()
             entries.append((ManifestEntry(rel, hashlib.sha256(data).hexdigest(), len(data)), copy))
         manifest = Manifest(str(source_tree) if source_tree is not None else None,
-                            tuple(e for e, _ in entries))
+                            tuple(e for e, _ in entries), selftest_api)
         tmp = dest_tar.with_name(dest_tar.name + ".tmp")
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:

@@ -8,10 +8,10 @@ it is. Never hard-code the directory.
 from __future__ import annotations
 
 import json
-import posixpath
 from dataclasses import dataclass
 
 from harness.errors import InfraError
+from harness.kernel.selftests_build import find_program
 from harness.transport.base import Transport
 
 MANIFEST = "manifest.json"
@@ -24,9 +24,7 @@ class Programs:
     def find(self, name: str) -> str | None:
         """The path of `name`: an exact path, else the one program with that file name.
         Two programs sharing a file name (one per arch directory) must be named by path."""
-        if name in self.paths:
-            return name
-        hits = [p for p in self.paths if posixpath.basename(p) == name]
+        hits = find_program(self.paths, name)
         if len(hits) > 1:
             raise InfraError(f"selftest {name!r} is ambiguous in the build's manifest: {', '.join(hits)}")
         return hits[0] if hits else None

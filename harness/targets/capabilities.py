@@ -183,6 +183,10 @@ KNOWN_CAPS = {
     "tracefs": "tracefs mounted, for tracepoints",
     "kvm_rmp_fault": "the kvm:kvm_rmp_fault tracepoint",
     "gmem_hugepages": "guest_memfd backed by 2 MiB folios (measured by guests/kvm_caps_probe)",
+    "gmem_mmap": "a KVM_X86_SW_PROTECTED_VM guest_memfd with GUEST_MEMFD_FLAG_MMAP can be created and "
+                 "mmap()ed (kvm_caps_probe)",
+    "gmem_init_shared": "a KVM_X86_SW_PROTECTED_VM guest_memfd with GUEST_MEMFD_FLAG_MMAP|INIT_SHARED: the host "
+                        "faults in and uses its pages (kvm_caps_probe)",
 }
 Gap = tuple[str, str]  # (what is missing, how to get it)
 
@@ -243,16 +247,41 @@ def _snp_gap(c: Capabilities) -> Gap | None:
             f"{bad[0].fix}; `snp-harness check` shows every missing piece")
 
 
-def _gmem_huge_gap(c: Capabilities) -> Gap | None:
+def _no_probe_gap(c: Capabilities) -> Gap | None:
     if c.kvm is None:
         return ("kvm_caps_probe has not run: the build's selftests are not on the target",
                 "install the build on the target (--snp-install; the QEMU target always has it)")
+    return None
+
+
+def _gmem_huge_gap(c: Capabilities) -> Gap | None:
+    if c.kvm is None:
+        return _no_probe_gap(c)
     if c.kvm.get("gmem_huge_flags", "none") != "none":
         return None
     return (f"guest_memfd allocates only 4K folios on {c.kvm.get('kernel_release', 'this kernel')} "
             f"(fallocate of 4 MiB: {c.kvm.get('gmem_huge_kb', '?')} kB in huge pages; mainline 6.12 has none)",
             "apply a series that adds huge guest_memfd folios (kernel-patches/), "
             "with CONFIG_TRANSPARENT_HUGEPAGE=y")
+
+
+def _gmem_use_gap(key: str, flag: str, usable: Callable[[str], bool], how: str):
+    """kvm_caps_probe's "use" answer for a sw_protected guest_memfd with `flag` (see the probe)."""
+    def gap(c: Capabilities) -> Gap | None:
+        if found := _PROBES["sw_protected_vm"](c) or _no_probe_gap(c):
+            return found
+        value = c.kvm.get(f"{key}_sw_protected")
+        if value is not None and usable(value):
+            return None
+        if value is None:
+            made = c.kvm.get("gmem_create_2m_sw_protected", "not reported")
+            return (f"kvm_caps_probe reported no {key}_sw_protected (sw_protected guest_memfd: {made}; "
+                    "or the probe predates these facts)", how)
+        if value == "undefined":
+            return f"the tree's UAPI headers have no {flag}: the kernel predates it", how
+        return (f"kvm_caps_probe: {key}_sw_protected: {value} (KVM_CAP_GUEST_MEMFD_FLAGS of a sw_protected "
+                f"VM: {c.kvm.get('guest_memfd_flags_sw_protected', 'not reported')})", how)
+    return gap
 
 
 def _split_gap(c: Capabilities) -> Gap | None:
@@ -297,6 +326,14 @@ _PROBES: dict[str, Callable[[Capabilities], Gap | None]] = {
         "mount -t tracefs nodev /sys/kernel/tracing as root (CONFIG_FTRACE=y)"),
     "kvm_rmp_fault": _rmp_fault_gap,
     "gmem_hugepages": lambda c: _PROBES["guest_memfd"](c) or _gmem_huge_gap(c),
+    # Created and mmap()ed; faulting in may be refused (the pages start private).
+    "gmem_mmap": _gmem_use_gap("gmem_mmap", "GUEST_MEMFD_FLAG_MMAP",
+                               lambda v: v == "ok" or v.split(" ", 1)[0] in ("fault", "data"),
+                               "use a kernel whose guest_memfd can be mmap()ed (KVM_CAP_GUEST_MEMFD_FLAGS)"),
+    "gmem_init_shared": _gmem_use_gap(
+        "gmem_init_shared", "GUEST_MEMFD_FLAG_INIT_SHARED", lambda v: v == "ok",
+        "mainline KVM offers INIT_SHARED only to VMs without private memory "
+        "(kvm_arch_supports_gmem_init_shared); apply a series that tracks shared state in guest_memfd"),
 }
 
 

@@ -19,6 +19,25 @@ def test_gmem_misaligned_conversions_huge_folios(selftest, target):
     assert r.ktap is not None and r.ktap.counts.passed > 0
 
 
+@pytest.mark.needs("sw_protected_vm", "guest_memfd", "gmem_mmap")
+def test_gmem_misaligned_conversions_gmem_mmap_shared_view(selftest):
+    """The same conversions with the guest_memfd's own mmap as the shared view (-m: in place).
+
+    gmem_mmap only says such a guest_memfd can be created and mmap()ed; where KVM keeps its pages
+    private to the host (mainline, for VMs with private memory) the program skips and says so."""
+    r = selftest("guests/gmem_misaligned_conversions_test", "-m", timeout=600)
+    assert r.ktap is not None and r.ktap.counts.passed > 0
+    assert all(t.name.startswith("mmap_offset_") for t in r.ktap.children)
+
+
+@pytest.mark.needs("sw_protected_vm", "guest_memfd", "gmem_mmap", "gmem_hugepages")
+def test_gmem_misaligned_conversions_gmem_mmap_huge_folios(selftest, target):
+    """In place, on huge guest_memfd folios (a series under test adds them)."""
+    r = selftest("guests/gmem_misaligned_conversions_test",
+                 "-m", "-f", target.capabilities().gmem_huge_flags, timeout=600)
+    assert r.ktap is not None and r.ktap.counts.passed > 0
+
+
 @pytest.mark.needs("sw_protected_vm", "guest_memfd", "thp", "split_huge_pages")
 def test_gmem_thp_split_collapse(selftest, request):
     r = selftest("guests/gmem_thp_split_collapse_test", timeout=600)

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BuildError, ConfigError
+from harness.kernel.selftest_api import SelftestApi
 from harness.kernel.selftests_build import (
-    Manifest, SelftestsBuild, build_selftests, bundle_selftests, guest_programs, selftest_commands)
+    GUEST_FLAGS_STAMP, MANIFEST_FORMAT, Manifest, SelftestsBuild, build_selftests, bundle_selftests,
+    guest_programs, selftest_commands)
 
 REPO = Path(__file__).resolve().parents[2]
 needs_toolchain = pytest.mark.skipif(
@@ -31,11 +33,25 @@ def test_selftest_commands_exact():
     assert cmds == [
         ["make", "-C", "/src/linux", "O=/w/build", "headers_install", "INSTALL_HDR_PATH=/w/hdr"],
         ["make", "-C", "/src/linux/tools/testing/selftests/kvm",
-         "--eval=TEST_GEN_PROGS := $(patsubst /repo/guests/%.c,guests/%,$(wildcard /repo/guests/*.c))",
+         "--eval=TEST_GEN_PROGS := $(filter-out guests/guest_%,"
+         "$(patsubst /repo/guests/%.c,guests/%,$(wildcard /repo/guests/*.c)))",
          "--eval=vpath guests/%.c /repo",
          "-j4", "KHDR_INCLUDES=-isystem /w/hdr/include", "OUTPUT=/w/kvm",
          "TMPOUT=/w/kvm/.tmp_$$$$"],
     ]
+
+
+def test_selftest_commands_pass_guest_flags_to_our_objects_only():
+    cmds = selftest_commands(Path("/src/linux"), Path("/w/build"), Path("/w/hdr"), Path("/w/kvm"),
+                             Path("/repo/guests"), 2, ["-DSNPH_API=1", "-DSNPH_X_ARGS=-1"])
+    assert cmds[1][5] == "--eval=/w/kvm/guests/%.o: private CPPFLAGS += -DSNPH_API=1 -DSNPH_X_ARGS=-1"
+    assert cmds[1][6] == "-j2"
+
+
+@pytest.mark.parametrize("flag", ["-DX=1 -DY=2", "-DX", "-DX=$(shell id)", "-include x.h", "-DX=1;"])
+def test_selftest_commands_refuse_other_guest_flags(flag):
+    with pytest.raises(ConfigError, match="must be -DNAME=INT"):
+        selftest_commands(Path("/s"), Path("/b"), Path("/h"), Path("/o"), Path("/r/guests"), 1, [flag])
 
 
 def test_selftest_commands_makes_paths_absolute(tmp_path, monkeypatch):
@@ -182,7 +198,30 @@ def test_manifest_round_trip():
                             "files": [{"path": "guests/p", "sha256": "ab", "size": 3},
                                       {"path": "x86_64/t", "sha256": "cd", "size": 4}]})
     assert (m.tree_programs, m.guest_programs) == (1, 1)
+    assert m.selftest_api is None, "a format 1 manifest has no API facts"
     assert Manifest.from_dict(json.loads(m.to_json())) == m
+
+
+def test_manifest_records_the_selftest_api():
+    api = SelftestApi("x86", True, {"vm_mem_add": 8, "snp_vm_launch_start": None},
+                      {"vm_shape": ("type",)}, ("GUEST_MEMFD_FLAG_MMAP",), ("a problem",))
+    m = Manifest("/src", (), api)
+    data = json.loads(m.to_json())
+    assert data["format"] == MANIFEST_FORMAT == 2
+    assert data["selftest_api"]["functions"] == {"vm_mem_add": 8, "snp_vm_launch_start": None}
+    assert data["selftest_api"]["macros"]["SNPH_VM_MEM_ADD_ARGS"] == 8
+    assert Manifest.from_dict(data) == m
+
+
+def test_manifest_locates_a_program_wherever_the_makefile_put_it():
+    entry = lambda path: {"path": path, "sha256": "00", "size": 1}  # noqa: E731
+    m = Manifest.from_dict({"source_tree": None, "files": [
+        entry("guest_memfd_test"), entry("x86/sev_smoke_test"), entry("guests/kvm_caps_probe"),
+        entry("a/twice"), entry("b/twice")]})
+    assert m.locate("sev_smoke_test") == "x86/sev_smoke_test"
+    assert m.locate("guest_memfd_test") == "guest_memfd_test"
+    assert m.locate("guests/kvm_caps_probe") == "guests/kvm_caps_probe"
+    assert m.locate("twice") is None and m.locate("absent") is None
 
 
 # ---- a whole build against a fake kernel tree --------------------------------
@@ -194,7 +233,8 @@ headers_install:
 """
 
 # The shape of the real kvm Makefile: appends to TEST_GEN_PROGS, lets lib.mk-style
-# code prefix $(OUTPUT)/, probes the compiler with a try-run in $(TMPOUT).
+# code prefix $(OUTPUT)/, probes the compiler with a try-run in $(TMPOUT), compiles
+# each program's object with $(CPPFLAGS), then links it.
 FAKE_KVM_MAKEFILE = """\
 all:
 TMPOUT = .tmp_$$$$
@@ -204,12 +244,24 @@ TEST_GEN_PROGS += x86_64/arch_test
 TEST_GEN_PROGS := $(patsubst %,$(OUTPUT)/%,$(TEST_GEN_PROGS))
 $(shell mkdir -p $(sort $(dir $(TEST_GEN_PROGS))))
 all: $(TEST_GEN_PROGS)
--include $(patsubst %,%.d,$(TEST_GEN_PROGS))
-$(OUTPUT)/%: %.c
-\tgcc -g -MD -MP -MF $@.d $(KHDR_INCLUDES) $(no-pie-option) -o $@ $<
+-include $(patsubst %,%.o.d,$(TEST_GEN_PROGS))
+$(TEST_GEN_PROGS): %: %.o
+\tgcc $(no-pie-option) -o $@ $<
+$(patsubst %,%.o,$(TEST_GEN_PROGS)): $(OUTPUT)/%.o: %.c
+\tgcc -g -MD -MP -MF $@.d $(KHDR_INCLUDES) $(CPPFLAGS) -c -o $@ $<
 """
 
-PROGRAM = '#include <linux/fake_kvm.h>\n#include <stdio.h>\nint main(void) { printf("%d\\n", FAKE_KVM); return 0; }\n'
+# Prints the UAPI header's value and SNPH_VM_MEM_ADD_ARGS (-9 where the flags did not reach it).
+PROGRAM = """\
+#include <linux/fake_kvm.h>
+#include <stdio.h>
+#ifndef SNPH_VM_MEM_ADD_ARGS
+#define SNPH_VM_MEM_ADD_ARGS -9
+#endif
+int main(void) { printf("%d %d\\n", FAKE_KVM, SNPH_VM_MEM_ADD_ARGS); return 0; }
+"""
+# Scanned by selftest_api.detect, included by no program (so only the flags stamp can rebuild).
+FAKE_KVM_UTIL_H = "void vm_mem_add(struct kvm_vm *vm, int slot);\n"
 
 
 @pytest.fixture
@@ -223,6 +275,8 @@ def fake_tree(tmp_path):
     (kvm / "Makefile").write_text(FAKE_KVM_MAKEFILE)
     (kvm / "tree_test.c").write_text(PROGRAM)
     (kvm / "x86_64/arch_test.c").write_text(PROGRAM)
+    (kvm / "include").mkdir()
+    (kvm / "include/kvm_util.h").write_text(FAKE_KVM_UTIL_H)
     guests = tmp_path / "repo" / "guests"
     guests.mkdir(parents=True)
     (guests / "probe.c").write_text(PROGRAM)
@@ -245,15 +299,36 @@ def test_build_against_fake_tree(fake_tree, tmp_path):
     assert isinstance(result, SelftestsBuild)
     assert [f.path for f in result.manifest.files] == ["guests/probe", "tree_test", "x86_64/arch_test"]
     assert result.tarball == work / "selftests.tar.gz" and result.tarball.is_file()
+    api = result.manifest.selftest_api
+    assert api is not None and api.functions["vm_mem_add"] == 2 and api.functions["vm_create_guest_memfd"] is None
+    assert "x86 headers not found" in " ".join(api.problems)
     assert result.commands == tuple(tuple(c) for c in selftest_commands(
-        src, tmp_path / "obj", work / "headers", work / "kvm", guests, 2))
+        src, tmp_path / "obj", work / "headers", work / "kvm", guests, 2, api.cflags()))
     assert set(result.durations_s) == {"headers_install", "selftests", "bundle"}
     assert _tree_state(src) == tree_before, "nothing may be written into the source tree"
     text = "".join(streamed)
     assert "$ make -C" in text and "probe.c" in text
     assert result.log_path.read_text() == text
+    run = lambda p: subprocess.run([work / "kvm" / p], capture_output=True, text=True).stdout  # noqa: E731
+    assert run("guests/probe") == "42 2\n", "the detected API reaches our programs"
+    assert run("tree_test") == "42 -9\n", "and not the tree's"
+    assert json.loads(_members(result.tarball)["manifest.json"][1])["selftest_api"]["functions"]["vm_mem_add"] == 2
+
+
+@needs_toolchain
+def test_a_changed_api_rebuilds_our_objects_only(fake_tree, tmp_path):
+    src, guests = fake_tree
+    work = tmp_path / "work"
+    build_selftests(src, tmp_path / "obj", work, guests, jobs=1, log=None)
+    tree_mtime = (work / "kvm" / "tree_test").stat().st_mtime_ns
+    (src / "tools/testing/selftests/kvm/include/kvm_util.h").write_text(
+        "void vm_mem_add(struct kvm_vm *vm, int slot, int fd);\n")
+    result = build_selftests(src, tmp_path / "obj", work, guests, jobs=1, log=None)
+    assert result.manifest.selftest_api.functions["vm_mem_add"] == 3
     out = subprocess.run([work / "kvm" / "guests" / "probe"], capture_output=True, text=True).stdout
-    assert out == "42\n"
+    assert out == "42 3\n"
+    assert (work / "kvm" / "tree_test").stat().st_mtime_ns == tree_mtime
+    assert (work / "kvm" / "guests" / GUEST_FLAGS_STAMP).read_text().split() == result.manifest.selftest_api.cflags()
 
 
 @needs_toolchain
@@ -289,3 +364,12 @@ def test_build_refuses_a_tree_without_kvm_selftests(tmp_path):
     (tmp_path / "guests").mkdir()
     with pytest.raises(ConfigError, match="no tools/testing/selftests/kvm/Makefile"):
         build_selftests(tmp_path, tmp_path / "obj", tmp_path / "work", tmp_path / "guests", jobs=1, log=None)
+
+
+def test_guest_side_programs_are_compiled_without_the_kvm_library():
+    cmds = selftest_commands(Path("/src/linux"), Path("/w/build"), Path("/w/hdr"), Path("/w/kvm"),
+                             REPO / "guests", 2)
+    assert "$(filter-out guests/guest_%," in cmds[1][3]  # not linked with libkvm by the Makefile
+    assert cmds[2:] == [["gcc", "-O2", "-Wall", "-I/src/linux/tools/testing/selftests", "-isystem/w/hdr/include",
+                         f"{REPO}/guests/guest_conversion_workload.c", "-o",
+                         "/w/kvm/guests/guest_conversion_workload"]]
