@@ -5,25 +5,29 @@
 anything else (str()); one str or bytes is split into lines. Before matching, each line
 loses (splat_catalogue.read_line) its line end, text before a lone CR (a terminal
 overwrites it), ANSI escapes and, in this order: `> ` mail quoting, a syslog or journalctl
-short-iso `... kernel: `, `<4>` (dmesg -r), a /dev/kmsg header `prio,seq,ts,flags;` (seq
-kept, `\\xNN` decoded; ` KEY=value` lines after a record are skipped), a `[  12.345678] ` or
-dmesg -T time, a `[ T123]` caller id. Lines past 4096 characters are matched on their
-start. Line numbers stay the input's.
+(short, short-precise, short-iso) `... kernel: ` or a bare `kernel: `, dmesg -x's `kern  :warn  : `,
+`<4>` (dmesg -r), a /dev/kmsg header `prio,seq,ts,flags;` (seq kept, `\\xNN` decoded;
+` KEY=value` lines after a record are skipped), then any run of `[  12.345678]` times, `[ T123]`
+/ `[C1]` caller ids, dmesg -T and --time-format iso times and 4.x's glued `** N printk messages
+dropped **`; console text glued before a printk time (`login: [  30.021137] ...`) goes too.
+Lines past 4096 characters are matched on their start. Line numbers stay the input's.
 
 Boundaries. A splat starts at a catalogue start line. It takes the `====` rule just before
-(KASAN, KFENCE, lockdep) and, for WARN, kernel BUG and UBSAN, the cut-here line and message
-lines up to 8 lines before: a WARN()/KVM_BUG() message the catalogue knows and the WARNING
-after it are ONE splat, titled after the message. Then, by Pattern.body: `one` is a single
-line; `free` (KASAN, KFENCE, lockdep) takes every line until `until` (the closing rule, or
-`stack backtrace:` and then a dump); `dump` takes lines shaped like a register/stack dump
-(BODY) and tolerates up to 3 other lines in a row (interleaved console output). A splat
+(KASAN, KCSAN, KMSAN, KFENCE, SLUB, lockdep, old UBSAN) and, for WARN, kernel BUG and UBSAN,
+the cut-here line and message lines up to 8 lines before: a WARN()/KVM_BUG() message the
+catalogue knows and the WARNING after it are ONE splat, titled after the message. Then, by
+Pattern.body: `one` is a single line; `free` (sanitizers, SLUB, lockdep) takes every line
+until `until` (the closing rule, `stack backtrace:` or SLUB's `CPU:`, and then a dump); `dump`
+takes lines shaped like a register/stack dump (BODY) and tolerates up to 3 other lines in a
+row (interleaved console output); a dump whose `until` closes (UBSAN) ends at it. A splat
 ends at `---[ end Kernel panic ...]---`, a cut-here, a start it does not absorb, a 4th
 non-dump line (it ends at its last dump line) or 300 lines (a problem). After `---[ end
 trace ]---` only the register re-dump, the panic, `Kernel Offset:` and the panic's end
-marker belong. Absorbed, not new: the Oops after a page fault or kernel BUG; a page fault's
+marker belong. Absorbed, not new: the die() header (Oops) after a page fault, kernel BUG,
+stack guard hit, double fault, CFI failure or UBSAN trap; a page fault's
 `#PF: ... RMP violation` (title + " (RMP violation)", category rmp); a panic the open splat
 caused (any panic inside a report with an end marker, i.e. panic_on_warn/oops; one that names
-it: softlockup, hung_task, Hard LOCKUP, RCU Stall; or a `panic_on_warn set` / `kasan.fault=panic`
+it: softlockup, hung_task, Hard LOCKUP, RCU Stall, BUG!; or a `panic_on_warn set` / `kasan.fault=panic`
 right after a closed KASAN/KFENCE report). One bug, one splat. RMP entry dumps inside a splat
 are decoded into Splat.rmp_entries (the "unassigned" header line carries no entry values).
 
@@ -86,7 +90,7 @@ class SplatReport:
 _KMSG_DICT = re.compile(r" [A-Z][A-Z0-9_]*=")
 _KMSG_RECORD = re.compile(r"[0-9]+,[0-9]+,[0-9]+,[^;]*;| [A-Z][A-Z0-9_]*=")   # what a dictionary line follows
 _CLONE = re.compile(r"(?:\.(?:isra|constprop|part|cold|llvm|lto_priv)(?:\.[0-9]+)*)+$")
-_MODULE_KVM = re.compile(r"\[kvm(?:_amd|_intel)?\]\s*$")
+_MODULE_KVM = re.compile(r"\[kvm(?:_amd|_intel)?\](?:,|\(\)|\s*$)")   # 7.x "sym [kvm], CPU#", 3.x "sym [kvm]()"
 _ADDR = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b")
 _NUM = re.compile(r"(?<![\w-])-?[0-9]+(?:\.[0-9]+)?(?:s|ms|us|ns)?(?!\w)")
 
@@ -143,7 +147,7 @@ class _Cut:
 # Panics that a report without an end marker causes (softlockup_panic, hung_task_panic, ...),
 # and the ones that come right after a closed KASAN/KFENCE report (check_panic_on_warn()).
 _PANIC_FROM = {"soft_lockup": "softlockup", "hard_lockup": "Hard LOCKUP", "hung_task": "hung_task",
-               "rcu_stall": "RCU Stall"}
+               "rcu_stall": "RCU Stall", "bug": "BUG!"}   # asm-generic BUG(): "BUG: failure at" + panic("BUG!")
 _AFTER_CLOSE = re.compile(r"panic_on_warn set|kasan\.fault=panic")
 
 
@@ -196,7 +200,7 @@ class _Scanner:
                 return True
             self._close()
             return False
-        if cur.mode == "free" and cur.pattern.until and cur.pattern.until.match(msg):
+        if cur.pattern.until and (cur.mode == "free" or cur.pattern.until_closes) and cur.pattern.until.match(msg):
             cur.take(raw, msg)
             cur.mode = "dump"
             if cur.pattern.until_closes:
@@ -268,13 +272,13 @@ class _Scanner:
         if cut is not None:
             merged, self.results[cut.nres:] = self.results[cut.nres:], []
             o.first, o.lines, o.seq = cut.first, cut.lines + o.lines, cut.seq
-        elif p.body == "free" and prev is not None and RULE.match(read_line(prev)[0]):
+        elif (p.body == "free" or p.until is RULE) and prev is not None and RULE.match(read_line(prev)[0]):
             o.first, o.lines = n - 1, [prev.rstrip("\r\n"), *o.lines]
             o.seq = read_line(prev)[1]
             last = self.results[-1] if self.results else None
             if last is not None and last.last == n - 1:      # the rule was read as the previous dump's:
                 del last.lines[last.flushed if last.flushed is not None else -1:]   # give it back
-        elif p.name == "warning" and self.results and self.results[-1].last == n - 1 \
+        elif p.warn and self.results and self.results[-1].last == n - 1 \
                 and self.results[-1].pattern.warn_message:
             merged = [self.results.pop()]
             o.first, o.lines, o.seq = merged[0].first, merged[0].lines + o.lines, merged[0].seq
@@ -309,7 +313,7 @@ class _Scanner:
         return SplatReport(tuple(out), tuple(self.leaks), tuple(self.problems))
 
 
-_CALL_TRACE = re.compile(r"Call Trace:|stack backtrace:")
+_CALL_TRACE = re.compile(r"Call [Tt]race:|stack backtrace:")   # arm64: "Call trace:"
 _BACKTRACE = re.compile(r"stack backtrace:")
 
 
@@ -347,7 +351,7 @@ def _splat(o: _Open) -> Splat:
     else:
         title = (p.fallback or p.title.replace(" in {func}", "")).format_map(fields)
     category = p.category
-    if o.msg is None and p.name == "warning" and (
+    if o.msg is None and p.warn and (
             "kvm/" in fields.get("file", "") or _MODULE_KVM.search(m.string)):
         category = "kvm"
     for a in o.absorbed:

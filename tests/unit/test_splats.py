@@ -102,7 +102,91 @@ EXPECTED: dict[str, list[tuple[str, str, int, int]]] = {
         ("WARNING in kvm_arch_post_set_memory_attributes", "kvm", 5, 20),
         ("SEV-SNP: failed to INIT rc NUM, error NUM", "snp", 21, 21),
     ],
+    # constructed from the 6.1, 6.12 and 7.3 trees' format strings and older kernels' (README.md)
+    "constructed-7x-reports.log": [
+        ("WARNING in sev_gmem_make_private", "kvm", 2, 21),
+        ("SEV: Failed to look up RMP entry: GFN ADDR PFN ADDR error NUM", "snp", 22, 22),
+        ("SEV: Failed to update RMP entry: GFN ADDR PFN ADDR level NUM error NUM", "snp", 23, 23),
+        ("WARNING in kvm_mmu_zap_collapsible_spte", "kvm", 24, 36),
+        ("kernel BUG in __split_folio_to_order", "bug", 37, 48),
+        ("Watchdog detected hard LOCKUP in native_queued_spin_lock_slowpath", "hard_lockup", 49, 57),
+        ("INFO: task hung in kvm_gmem_punch_hole", "hung_task", 58, 75),
+        ("INFO: rcu detected stall", "rcu_stall", 76, 76),
+        ("BUG: Bad page map in zap_pte_range", "bad_page", 77, 87),
+        ("BUG: KCSAN: data-race in kvm_gmem_get_pfn", "kcsan", 88, 101),
+        ("BUG: KMSAN: uninit-value in sev_gmem_post_populate", "kmsan", 102, 111),
+        ("BUG: Dentry still in use", "bug", 112, 121),
+        ("UBSAN: array index out of bounds in snp_lookup_rmpentry_raw", "ubsan", 122, 130),
+        ("CFI failure in kvm_x86_call_handle_exit", "bug", 131, 139),
+        ("BUG: stack guard page was hit in __kvm_gmem_get_pfn", "bug", 140, 148),
+    ],
+    "constructed-legacy-reports.log": [
+        ("BUG: kernel NULL pointer dereference in kvm_mmu_page_fault", "bug", 2, 18),
+        ("BUG: unable to handle page fault in __split_huge_page_tail", "bug", 19, 28),
+        ("general protection fault in kvm_gmem_bind", "gpf", 29, 34),
+        ("kernel BUG in split_huge_page_to_list", "bug", 35, 42),
+        ("UBSAN: Undefined behaviour in kvm_mmu_reset_context", "ubsan", 43, 52),
+        ("possible deadlock in kvm_set_memory_region", "lockdep", 53, 73),
+        ("WARNING in emulator_read_write", "kvm", 74, 82),
+        ("WARNING in __split_huge_pmd", "warning", 83, 92),
+        ("BUG: soft lockup in kvm_mmu_slot_remove_write_access", "soft_lockup", 93, 98),
+        ("BUG: using __this_cpu_read() in preemptible code in svm_vcpu_load", "atomic_sleep", 99, 105),
+        ("BUG: using smp_processor_id() in preemptible code in kvm_arch_vcpu_load", "atomic_sleep", 106, 112),
+        ("BUG: workqueue leaked lock or atomic in process_one_work", "bug", 113, 118),
+        ("BUG: stack guard page was hit in kvm_mmu_get_page", "bug", 119, 125),
+        ("BUG: KASAN: use-after-free in kvm_io_bus_unregister_dev", "kasan", 126, 134),
+    ],
+    "constructed-6.1-reports.log": [
+        ("general protection fault in kvm_gmem_get_file", "gpf", 2, 12),
+        ("BUG: kernel NULL pointer dereference in svm_vcpu_free", "bug", 13, 25),
+        ("kernel BUG in handle_removed_pt", "bug", 26, 35),
+        ("Watchdog detected hard LOCKUP in native_queued_spin_lock_slowpath", "hard_lockup", 36, 44),
+        ("BUG: spinlock bad magic in kvm_set_msi_irq", "lockdep", 45, 53),
+        ("BUG: sleeping function called from invalid context in kvm_vm_ioctl_set_memory_region", "atomic_sleep",
+         54, 65),
+        ("BUG: Bad rss-counter state mm", "bug", 66, 66),
+        ("memory leak in kvm_vm_ioctl_create_vcpu", "memory_leak", 68, 75),
+        ("kmemleak: new suspected memory leaks", "memory_leak", 76, 76),
+        ("SLUB: Poison overwritten in kvm_arch_vcpu_create", "bug", 77, 96),
+        ("INFO: trying to register non-static key in kvm_irqfd_assign", "lockdep", 99, 112),
+        ("BUG: KCSAN: data-race in kvm_vcpu_on_spin", "kcsan", 113, 124),
+    ],
+    "constructed-arm64.log": [
+        ("Unable to handle kernel NULL pointer dereference in kvm_gmem_get_folio", "bug", 2, 30),
+        ("kernel BUG in __split_huge_page", "bug", 31, 49),
+    ],
+    "constructed-prefixes.log": [
+        ("WARNING in kvm_mmu_zap_all", "kvm", 2, 6),
+        ("BUG: soft lockup", "soft_lockup", 7, 7),
+        ("kernel BUG at mm/huge_memory.c", "bug", 9, 9),
+        ("WARNING in sev_gmem_invalidate", "kvm", 11, 11),
+        ("INFO: task hung", "hung_task", 12, 12),
+        ("refcount_t: underflow; use-after-free", "refcount", 13, 13),
+        ("UBSAN: shift-out-of-bounds in arch/x86/kvm/svm/sev.c", "ubsan", 15, 15),
+        ("BUG: sleeping function called from invalid context at mm/slab.h", "atomic_sleep", 16, 16),
+        ("BUG: KASAN: slab-use-after-free in kvm_gmem_release", "kasan", 17, 18),
+        ("general protection fault in kvm_gmem_bind", "gpf", 19, 21),
+        ("INFO: rcu detected stall", "rcu_stall", 22, 22),
+        ("Kernel panic - not syncing: softlockup: hung tasks", "panic", 23, 23),
+    ],
+    "constructed-misc-bugs.log": [
+        ("BUG: MAX_LOCKDEP_KEYS too low in kvm_gmem_create", "lockdep", 2, 12),
+        ("BUG: assuming atomic context in sev_handle_rmp_fault", "atomic_sleep", 13, 21),
+        ("PANIC: double fault in kvm_mmu_page_fault", "bug", 22, 32),
+        ("kernel BUG in sev_snp_init", "bug", 34, 35),
+        ("BUG: mempool element poison mismatch in check_element", "bug", 36, 42),
+        ("BUG: non-zero pgtables_bytes on freeing mm", "bug", 43, 43),
+        ("Oops: Kernel access of bad area", "oops", 44, 46),
+        ("Unable to handle kernel NULL pointer dereference in kvm_riscv_gstage_map", "bug", 47, 50),
+        ("Unable to handle kernel pointer dereference", "bug", 51, 54),
+    ],
 }
+
+
+# Files whose splats lack their end marker on purpose (one-line reports under odd prefixes).
+EXPECTED_PROBLEMS = {"constructed-prefixes.log": (
+    "line 9: kernel_bug splat ended without its end marker", "line 11: warning splat ended without its end marker",
+    "line 15: ubsan splat ended without its end marker")}
 
 
 def lines_of(name: str) -> list[str]:
@@ -129,7 +213,7 @@ def test_every_data_file_has_expectations():
 def test_data_file(name):
     report = classify(lines_of(name))
     assert summary(report) == EXPECTED[name]
-    assert report.problems == ()
+    assert report.problems == EXPECTED_PROBLEMS.get(name, ())
     check_invariants(report)
     raw = lines_of(name)
     for s in report.splats:
@@ -197,7 +281,14 @@ def test_prefilter_finds_every_line_the_scanner_would_act_on():
 PREFIXES = ["", "[  312.004215] ", "[  312.004215][ T4711] ", "[    T4711] ", "<4>", "<4>[  312.004215] ",
             "4,1202,312004215,-;", "4,1202,312004215,-,caller=T4711;", "> ", "> > [  312.004215] ",
             "Nov 25 02:14:22 epyc1 kernel: ", "Nov 25 02:14:22 epyc1 kernel: [  312.004215] ",
-            "2026-11-25T02:14:22+0000 epyc1 kernel: ", "[Tue Nov 25 02:14:22 2026] "]
+            "2026-11-25T02:14:22+0000 epyc1 kernel: ", "[Tue Nov 25 02:14:22 2026] ",
+            # caller ids alone or after a space; a glued dropped-messages note (4.x); dmesg -x; dmesg
+            # --time-format iso; journalctl -o short-precise; console text before a kernel line
+            "[T4711] ", "[    C1] ", "[  312.004215] [ T4711] ",
+            "** 3 printk messages dropped ** ", "** 3 printk messages dropped ** [  312.004215] ",
+            "<4>** 3 printk messages dropped ** [  312.004215][ T4711] ", "kern  :warn  : [  312.004215] ",
+            "kern  :err   : ", "2026-11-25T02:14:22,123456+00:00 ", "Nov  5 02:14:22.123456 epyc1 kernel: ",
+            "kernel: ", ">> ", "login: [  312.004215][ T4711] "]
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
@@ -406,3 +497,88 @@ def test_prefilter_never_changes_the_result(monkeypatch):
             m.setattr(splats, "_candidates", lambda s, batch: None)
             slow = classify(items)
         assert fast.splats == slow.splats and fast.leaked_pfn_ranges == slow.leaked_pfn_ranges
+
+
+@pytest.mark.parametrize("line, title, category", [
+    # 7.x kernel/panic.c __warn(): file:line first, then the symbol, its module tag, CPU and task
+    ("WARNING: arch/x86/kvm/svm/sev.c:5180 at sev_foo+0x1/0x2 [kvm_amd], CPU#3: gmem/4711", "WARNING in sev_foo",
+     "kvm"),
+    ("WARNING: mm/huge_memory.c:9 at split_foo.isra.0+0x1/0x2, CPU#0: x/1", "WARNING in split_foo", "warning"),
+    ("WARNING: at inlined_into+0x1/0x2 [kvm], CPU#1: kvm-nx-lpage-re/88", "WARNING in inlined_into", "kvm"),
+    # before 3.10, and 3.10-4.x with "()" after the symbol
+    ("WARNING: at arch/x86/kvm/x86.c:5612 emulator_read_write+0x1d3/0x1e0 [kvm]()", "WARNING in emulator_read_write",
+     "kvm"),
+    ("WARNING: CPU: 1 PID: 7 at mm/slub.c:9 kfree+0x1/0x2()", "WARNING in kfree", "warning"),
+    # older spellings of today's reports get today's titles
+    ("BUG: unable to handle kernel NULL pointer dereference at 0000000000000010",
+     "BUG: kernel NULL pointer dereference", "bug"),
+    ("BUG: unable to handle kernel paging request at ffffea0002c4d000", "BUG: unable to handle page fault", "bug"),
+    ("UBSAN: Undefined behaviour in arch/x86/kvm/mmu.c:4721:30", "UBSAN: Undefined behaviour in arch/x86/kvm/mmu.c",
+     "ubsan"),
+    ("[ INFO: possible recursive locking detected ]", "WARNING: possible recursive locking detected", "lockdep"),
+    ("[ BUG: bad unlock balance detected! ]", "WARNING: bad unlock balance detected", "lockdep"),
+    ("general protection fault: 0000 [#1] SMP KASAN", "general protection fault", "gpf"),
+    ("invalid opcode: 0000 [#1] PREEMPT SMP", "Oops: invalid opcode", "oops"),
+    ("Oops: 0002 [#1] SMP PTI", "Oops", "oops"),
+    ("NMI watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [qemu:1]", "BUG: soft lockup", "soft_lockup"),
+    ("BUG: using __this_cpu_read() in preemptible [00000000] code: qemu/1",
+     "BUG: using __this_cpu_read() in preemptible code", "atomic_sleep"),
+    ("BUG: using smp_processor_id() in preemptible [00000000] code: qemu/1",
+     "BUG: using smp_processor_id() in preemptible code", "atomic_sleep"),
+    ("BUG: KMSAN: uninit-value in kvm_foo+0x1/0x2 [kvm]", "BUG: KMSAN: uninit-value in kvm_foo", "kmsan"),
+    ("INFO: rcu_sched detected stall on CPU 0 (t=6000 jiffies)", "INFO: rcu detected stall", "rcu_stall"),
+    ("BUG: spinlock lockup suspected on CPU#1, qemu/7", "BUG: spinlock lockup suspected", "lockdep"),
+    # any other "BUG:" line the kernel prints is a splat too
+    ("BUG: Bad rss-counter state mm:00000000b7a3c1d2 type:MM_ANONPAGES val:1 Comm:qemu Pid:7",
+     "BUG: Bad rss-counter state mm", "bug"),
+    ("BUG: Kernel NULL pointer dereference on read at 0x00000000",   # powerpc
+     "BUG: Kernel NULL pointer dereference on read at ADDR", "bug"),
+])
+def test_report_lines_of_every_era(line, title, category):
+    for prefix in ("", "[  101.220301][ T3301] "):
+        (splat,) = classify([prefix + line]).splats
+        assert (splat.title, splat.category) == (title, category)
+
+
+@pytest.mark.parametrize("line", [
+    # benign kernel lines that start like a report (format strings of the 6.1/6.12/7.3 trees)
+    "WARNING: The mand mount option has been deprecated and",
+    "WARNING: Ancient bootloader, some functionality may be limited!",
+    "WARNING: polling idle and HT enabled, performance may degrade",
+    "WARNING: Flushing system-wide workqueues will be prohibited in near future.",
+    "x86/fpu: WARNING: at least one CPU lacks the feature",
+    "WARNING: at least one CPU lacks SNP support",
+    "WARNING: foo.c:12 at something odd",
+    "INFO: NMI handler (perf_event_nmi_handler) took too long to run: 1.234 msecs",
+    "INFO: Stall ended before state dump start",
+    "BUG: arch topology borken",
+    "BUG: Bad page map: 7 messages suppressed",
+    "kmemleak: Automatic memory scanning thread started",
+    "traps: a.out[1234] general protection fault ip:401136 sp:7ffd4a3c1e00 error:0 in a.out[401000+1000]",
+    "** replaying previous printk message **",
+    "watchdog: CPU3: Watchdog detected nothing odd",
+    "Internal error handling enabled",
+    "overflow-uid is 65534",
+    "int3 emulation self-test passed",
+    "Unable to handle kernel command line option foo",
+])
+def test_lookalikes_stay_clean(line):
+    assert classify([line, "[    5.000000] " + line]).splats == ()
+
+
+def test_console_text_glued_before_a_kernel_line():
+    assert strip_prefix("syzkaller login: [   30.021137][   T81] BUG: x") == "BUG: x"
+    assert strip_prefix("INIT: started[   30.021137] WARNING: x") == "WARNING: x"
+    assert strip_prefix("[    1.000000] range [ 1.5] stays") == "range [ 1.5] stays"   # not printk's %5lu.%06lu
+    report = classify(["** 3 printk messages dropped ** [  402.000000] kernel BUG at mm/x.c:9!",
+                       "snp-guest login: [  501.000000][ T2301] BUG: MAX_LOCKDEP_KEYS too low!"])
+    assert [s.title for s in report.splats] == ["kernel BUG at mm/x.c", "BUG: MAX_LOCKDEP_KEYS too low"]
+
+
+def test_ubsan_before_6_x_is_closed_by_its_rule():
+    rule = "=" * 88
+    lines = [rule, "UBSAN: shift-out-of-bounds in mm/x.c:1:2", "shift exponent 64 is too large", "CPU: 0 PID: 1",
+             "Call Trace:", " kvm_mmu_reset_context+0x2f5/0x380 [kvm]", rule, "unrelated", "unrelated"]
+    report = classify(lines)
+    assert summary(report) == [("UBSAN: shift-out-of-bounds in kvm_mmu_reset_context", "ubsan", 1, 7)]
+    assert report.problems == ()
