@@ -1,121 +1,31 @@
-"""RMP dumps: bulk decoding of raw `struct rmpentry` arrays, and the invariants a test expects of them.
-
-A dump is the raw 16-byte entries of PFNs [start_pfn, start_pfn + n), laid out as Linux 6.12's
-`struct rmpentry` (arch/x86/virt/svm/sev.c): u64 lo, u64 hi (reserved), little-endian. lo holds
-assigned (bit 0), pagesize (1: 2M), immutable, 9 reserved bits, a 39-bit GFN (bits 12-50), a 10-bit
-ASID (51-60), vmsa, validated, 1 reserved bit.
+"""RMP dumps checked: the invariants a test expects of the entries (formats: rmp_format.py, whose
+names are re-exported here).
 
 As in `__snp_lookup_rmpentry`, the entry of a 2M-aligned PFN decides the size of its whole 2M region.
 When that entry is assigned with pagesize=1 it is authoritative for all 512 PFNs: the other 511
 entries of the region are "shadowed" and ignored by check(), whatever they hold.
 
-VMSA pages (vmsa=1) belong to the guest's ASID but are not guest memory: 6.12 KVM makes every vCPU's
-VMSA private at the same INITIAL_VMSA_GPA (0xFFFFFFFFF000). They count for ownership and teardown,
-and are left out of the GPA invariants (unexpected_gpa, duplicate_gpa, coverage, not_validated).
+VMSA pages belong to the guest's ASID but are not guest memory: KVM makes every vCPU's VMSA private
+at the same INITIAL_VMSA_GPA (0xFFFFFFFFF000). They count for ownership and teardown, and are left
+out of the GPA invariants (unexpected_gpa, duplicate_gpa, coverage, not_validated).
 
-Pure: no printing and no I/O, except load_dump's memory map. Only load_dump (a file size that is not
-whole entries) and encode_entry (a value the fields cannot hold) raise; check() never does.
+Pure: no printing and no I/O, except load_dump's memory map or file read. Only load_dump (a dense
+file size that is not whole entries, an unknown format) and encode_entry (a value the fields cannot
+hold) raise; records_from_bytes() and check() never do.
 """
 
 from __future__ import annotations
 
 import mmap
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-ENTRY_SIZE = 16
-STATE_NAMES = ("shared", "private_4k", "private_2m", "violation")
-INVARIANTS = ("2m_alignment", "foreign_asid", "unexpected_gpa", "duplicate_gpa", "private_missing",
-              "shared_assigned", "not_validated", "assigned_after_teardown")
-PMD_PAGES = 512             # 4K pages (PFNs, GFNs) per 2M region
-VIOLATIONS_KEPT = 100       # Violation records kept per invariant; counts are exact
-_GFN_MASK = (1 << 39) - 1
-_ASID_MASK = (1 << 10) - 1
-_GFN_LIMIT = 1 << 39        # one past the highest GFN the 39-bit field holds
-_PFN_LIMIT = 1 << 62
-_LE_U64 = np.dtype("<u8")
-
-
-@dataclass(frozen=True, eq=False)
-class RmpDump:
-    start_pfn: int
-    raw: np.ndarray         # uint64, shape (n, 2): [:, 0] lo, [:, 1] hi; may be a np.memmap view
-
-    @property
-    def n(self) -> int:
-        return int(self.raw.shape[0])
-
-
-def load_dump(path: str | os.PathLike[str], start_pfn: int = 0) -> RmpDump:
-    """Map a dump file read-only; nothing is read until the entries are used."""
-    size = os.stat(path).st_size
-    if size % ENTRY_SIZE:
-        raise ValueError(f"{os.fspath(path)}: size {size} bytes is not a multiple of the {ENTRY_SIZE}-byte "
-                         f"RMP entry ({size // ENTRY_SIZE} entries and {size % ENTRY_SIZE} bytes over)")
-    if size == 0:           # mmap cannot map an empty file
-        return RmpDump(start_pfn, np.zeros((0, 2), _LE_U64))
-    return RmpDump(start_pfn, np.memmap(path, dtype=_LE_U64, mode="r", shape=(size // ENTRY_SIZE, 2)))
-
-
-def dump_from_bytes(data: bytes, start_pfn: int = 0) -> RmpDump:
-    """A dump over `data` (no copy). A torn trailing entry (len % 16 bytes) is dropped."""
-    whole = len(data) // ENTRY_SIZE
-    return RmpDump(start_pfn, np.frombuffer(data, dtype=_LE_U64, count=2 * whole).reshape(whole, 2))
-
-
-@dataclass(frozen=True, eq=False)
-class Entries:
-    pfn: np.ndarray         # int64
-    assigned: np.ndarray    # bool
-    pagesize_2m: np.ndarray  # bool
-    immutable: np.ndarray   # bool
-    gpa: np.ndarray         # int64, byte address (GFN << 12)
-    asid: np.ndarray        # int32
-    vmsa: np.ndarray        # bool
-    validated: np.ndarray   # bool
-
-
-def _bit(lo: np.ndarray, n: int) -> np.ndarray:
-    return ((lo >> n) & 1).astype(bool)
-
-
-def _gfn(lo: np.ndarray) -> np.ndarray:
-    return ((lo >> 12) & _GFN_MASK).astype(np.int64)
-
-
-def _asid(lo: np.ndarray) -> np.ndarray:
-    return ((lo >> 51) & _ASID_MASK).astype(np.int32)
-
-
-def _u64(dump: RmpDump) -> np.ndarray:
-    # A plain ndarray view (no copy for the usual dtype): memmap's subclass hooks cost on every slice.
-    return np.asarray(dump.raw, dtype=_LE_U64).reshape(-1, 2)
-
-
-def decode(dump: RmpDump, only_assigned: bool = False) -> Entries:
-    """Every entry's fields as columns (raw: 2M shadowing is not applied here)."""
-    lo = _u64(dump)[:, 0]
-    idx = np.flatnonzero(lo & 1) if only_assigned else np.arange(lo.size, dtype=np.int64)
-    lo = lo[idx]
-    return Entries(pfn=idx.astype(np.int64) + dump.start_pfn, assigned=_bit(lo, 0), pagesize_2m=_bit(lo, 1),
-                   immutable=_bit(lo, 2), gpa=_gfn(lo) << 12, asid=_asid(lo), vmsa=_bit(lo, 61),
-                   validated=_bit(lo, 62))
-
-
-def encode_entry(*, assigned: bool = False, pagesize_2m: bool = False, immutable: bool = False, gpa: int = 0,
-                 asid: int = 0, vmsa: bool = False, validated: bool = False) -> tuple[int, int]:
-    """(lo, hi) of one entry; raises ValueError for a GPA or ASID the fields cannot hold."""
-    if gpa % 4096 or not 0 <= gpa >> 12 < _GFN_LIMIT:
-        raise ValueError(f"gpa {gpa:#x} is not a 4K-aligned address below 2**51")
-    if not 0 <= asid <= _ASID_MASK:
-        raise ValueError(f"asid {asid} does not fit in 10 bits")
-    lo = (int(assigned) | int(pagesize_2m) << 1 | int(immutable) << 2 | (gpa >> 12) << 12 | asid << 51
-          | int(vmsa) << 61 | int(validated) << 62)
-    return lo, 0
-
+from harness.evidence.rmp_format import (  # noqa: F401  (re-exported: callers use harness.evidence.rmp)
+    ENTRY_SIZE, FAM19H_RAW, FORMATS, INITIAL_VMSA_GPA, INVARIANTS, PMD_PAGES, RECORD_SIZE, RMPREAD,
+    STATE_NAMES, TRAILER_PFN, VIOLATIONS_KEPT, _ASID_MASK, _GFN_LIMIT, _PFN_LIMIT, Entries, RmpDump, _fields,
+    _is_2m, _row_pfns, _u64, decode, dump_from_bytes, encode_entry, load_dump, records_from_bytes)
 
 # Expectation.asid for a teardown check when the guest's ASID is unknown to userspace: every
 # non-zero ASID counts as the guest's (the host ran only the test's guests during its lease).
@@ -148,9 +58,11 @@ class Violation:
 class RmpVerdict:
     ok: bool
     violations: tuple[Violation, ...]   # the first VIOLATIONS_KEPT per invariant, in INVARIANTS order
-    counts: dict[str, int]              # every invariant, plus entries, assigned, assigned_asid, 2m_entries,
-    #                                     shadowed (sub-entries of 2M entries) and vmsa (the ASID's VMSA pages)
+    counts: dict[str, int]              # every invariant, plus entries (PFNs covered), assigned, assigned_asid,
+    #                                     2m_entries, shadowed (sub-entries of 2M entries), vmsa (the ASID's VMSA
+    #                                     pages) and unreadable (PFNs without an entry)
     asid: int | None = None
+    notes: tuple[str, ...] = ()         # what could not be checked, and the dump's own problems
 
     def summary(self) -> str:
         c = self.counts
@@ -161,6 +73,9 @@ class RmpVerdict:
         total = sum(c[inv] for inv in INVARIANTS)
         parts = ", ".join(f"{inv} x{c[inv]}" for inv in INVARIANTS if c[inv])
         return f"{total} violation{'s' * (total != 1)}: {parts}"
+
+    def notes_text(self) -> str:
+        return "; ".join(self.notes)
 
 
 Intervals = tuple[np.ndarray, np.ndarray]   # sorted [start, end) page (or PFN) numbers, int64
@@ -216,7 +131,7 @@ class _Acc:
     """Violation counts (exact) and records (the first VIOLATIONS_KEPT per invariant)."""
 
     def __init__(self) -> None:
-        extra = ("entries", "assigned", "assigned_asid", "2m_entries", "shadowed", "vmsa")
+        extra = ("entries", "assigned", "assigned_asid", "2m_entries", "shadowed", "vmsa", "unreadable")
         self.counts = dict.fromkeys((*INVARIANTS, *extra), 0)
         self.kept: dict[str, list[Violation]] = {inv: [] for inv in INVARIANTS}
 
@@ -267,19 +182,27 @@ def _dropper(raw: np.ndarray) -> Callable[[int, int], None]:
 
 def _analyse(dump: RmpDump, exp: Expectation, chunk_entries: int) -> _Analysis:
     arr = _u64(dump)
-    n, lo_col, base = arr.shape[0], arr[:, 0], dump.start_pfn
-    # The low byte of lo, strided: 1/8 of the bytes to mask, and a 0/1 byte is a valid bool for flatnonzero.
-    low = arr.view(np.uint8)[:, 0] if arr.flags.c_contiguous else None
-    asid = exp.asid if 0 <= exp.asid <= _ASID_MASK else -1    # out of range: owns nothing
+    n = arr.shape[0]
+    word = 1 if dump.format == RMPREAD else 0   # the word whose bit 0 is "assigned"
+    # That word's low byte, strided: 1/16 of the bytes to mask, and a 0/1 byte is a valid bool for flatnonzero.
+    flag = arr.view(np.uint8)[:, 8 * word] if arr.flags.c_contiguous else None
+    asid_max = (1 << 32) - 1 if dump.format == RMPREAD else _ASID_MASK
+    asid = exp.asid if 0 <= exp.asid <= asid_max else -1    # out of range: owns nothing
     leaked = _ranges(exp.leaked_pfns, 0, _PFN_LIMIT)
     acc, drop, step = _Acc(), _dropper(dump.raw), max(1, int(chunk_entries))
-    acc.counts["entries"] = n
+    acc.counts["entries"] = dump.scanned if dump.scanned is not None else n
+    acc.counts["unreadable"] = dump.unreadable
+    heads = None
+    if dump.pfns is not None:           # a sparse dump's 2M heads, once: (PFNs, rows)
+        aligned = np.flatnonzero(dump.pfns % PMD_PAGES == 0)
+        rows = aligned[_is_2m(arr, aligned, dump.format)]
+        heads = (dump.pfns[rows], rows)
     parts: list[tuple[np.ndarray, ...]] = []
     for a in range(0, n, step):
         b = min(n, a + step)
-        sel = np.flatnonzero((low[a:b] & 1).view(bool) if low is not None else lo_col[a:b] & 1)
+        sel = np.flatnonzero((flag[a:b] & 1).view(bool) if flag is not None else arr[a:b, word] & 1)
         if sel.size:
-            parts.append(_chunk(acc, lo_col, sel + a, base, exp, asid, leaked))
+            parts.append(_chunk(acc, arr, sel + a, dump, exp, asid, leaked, heads))
         drop(a, b)
     names = ("pfn", "gfn", "pages", "validated", "vmsa", "mis", "stale")
     mine = {k: np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64)
@@ -295,22 +218,34 @@ def _analyse(dump: RmpDump, exp: Expectation, chunk_entries: int) -> _Analysis:
     return _Analysis(acc, mine, bad)
 
 
-def _chunk(acc: _Acc, lo_col: np.ndarray, idx: np.ndarray, base: int, exp: Expectation, asid: int,
-           leaked: Intervals) -> tuple[np.ndarray, ...]:
-    """One chunk's assigned entries (indices into the dump): the per-entry invariants; returns the ASID's."""
-    lo, pfn = lo_col[idx], idx + base
-    # The region's head entry decides its size; a head before the dump's start is unknown: no shadowing.
-    head = (pfn & -PMD_PAGES) - base
-    known = head >= 0
-    head_lo = np.zeros_like(lo)
-    head_lo[known] = lo_col[head[known]]
-    shadowed = known & (head != idx) & ((head_lo & 3) == 3)
+def _chunk(acc: _Acc, arr: np.ndarray, idx: np.ndarray, dump: RmpDump, exp: Expectation, asid: int,
+           leaked: Intervals, heads: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, ...]:
+    """One chunk's entries with the assigned bit set (row indices): the per-entry invariants; returns the ASID's."""
+    assigned, big, _, gfn, e_asid, vmsa, validated = _fields(arr, idx, dump.format)
+    acc.counts["unreadable"] += int(idx.size - assigned.sum())     # all-0xff entries have every bit set
+    idx, big, gfn, e_asid, vmsa, validated = (x[assigned] for x in (idx, big, gfn, e_asid, vmsa, validated))
+    pfn = _row_pfns(dump, idx)
+    # The region's head entry decides its size. A head before a dense dump's start is unknown: no
+    # shadowing. In a sparse dump a missing head is unassigned (or outside the ranges: unknown too).
+    head_pfn = pfn & -PMD_PAGES
+    if heads is None:
+        head = head_pfn - dump.start_pfn
+        known = head >= 0
+        head_2m = np.zeros(idx.size, bool)
+        head_2m[known] = _is_2m(arr, head[known], dump.format)
+    else:                               # the dump's 2M heads: (PFNs, rows), usually few
+        j = np.searchsorted(heads[0], head_pfn)
+        head_2m = j < heads[0].size
+        head_2m[head_2m] = heads[0][j[head_2m]] == head_pfn[head_2m]
+        head = np.full(idx.size, -1, np.int64)
+        head[head_2m] = heads[1][j[head_2m]]
+    shadowed = head_2m & (head != idx)
     acc.counts["shadowed"] += int(shadowed.sum())
-    lo, pfn = lo[~shadowed], pfn[~shadowed]
-    gfn, e_asid, big = _gfn(lo), _asid(lo), _bit(lo, 1)
+    keep = ~shadowed
+    pfn, big, gfn, e_asid, vmsa, validated = (x[keep] for x in (pfn, big, gfn, e_asid, vmsa, validated))
     at_head = (pfn % PMD_PAGES) == 0
     mis = big & ~(at_head & (gfn % PMD_PAGES == 0))
-    acc.counts["assigned"] += lo.size
+    acc.counts["assigned"] += pfn.size
     m = np.flatnonzero(mis)
     acc.add("2m_alignment", pfn[m], gfn[m] << 12, e_asid[m], lambda i: (
         f"2M entry at PFN {pfn[m[i]]:#x} GPA {gfn[m[i]] << 12:#x}: "
@@ -324,7 +259,7 @@ def _chunk(acc: _Acc, lo_col: np.ndarray, idx: np.ndarray, base: int, exp: Expec
     o = np.flatnonzero(own)
     acc.counts["assigned_asid"] += o.size
     acc.counts["2m_entries"] += int(big[o].sum())
-    pfn, gfn, lo = pfn[o], gfn[o], lo[o]
+    pfn, gfn, vmsa, validated = pfn[o], gfn[o], vmsa[o], validated[o]
     # Only a 2M entry the lookup honours (at a 2M-aligned PFN) claims 512 GPAs; a misplaced one claims its own.
     pages = np.where(big[o] & at_head[o], PMD_PAGES, 1).astype(np.int64)
     stale = np.zeros(o.size, bool)
@@ -334,9 +269,8 @@ def _chunk(acc: _Acc, lo_col: np.ndarray, idx: np.ndarray, base: int, exp: Expec
         acc.add("assigned_after_teardown", pfn[s], gfn[s] << 12, exp.asid, lambda i: (
             f"PFN {pfn[s[i]]:#x} (GPA {gfn[s[i]] << 12:#x}) still assigned to ASID {exp.asid} after teardown,"
             " outside the leaked ranges"))
-    vmsa = _bit(lo, 61)
     acc.counts["vmsa"] += int(vmsa.sum())
-    return pfn, gfn, pages, _bit(lo, 62), vmsa, mis[o], stale
+    return pfn, gfn, pages, validated, vmsa, mis[o], stale
 
 
 def _gpa_checks(acc: _Acc, mine: dict[str, np.ndarray], exp: Expectation, bad: dict[str, Intervals]) -> None:
@@ -356,7 +290,8 @@ def _gpa_checks(acc: _Acc, mine: dict[str, np.ndarray], exp: Expectation, bad: d
     # Sorted by GPA, an entry overlaps an earlier one iff it starts before the furthest end so far.
     # Ties broken by PFN order; unique keys let the fast (unstable) argsort do it, where they fit in 63 bits.
     bits = max(1, int(gfn.size).bit_length())
-    order = np.argsort((gfn << bits) | np.arange(gfn.size)) if 39 + bits <= 63 else np.lexsort((pfn, gfn))
+    top = int(gfn.max()).bit_length() if gfn.size else 0     # 39 bits raw; up to 52 from RMPREAD's GPA
+    order = np.argsort((gfn << bits) | np.arange(gfn.size)) if top + bits <= 63 else np.lexsort((pfn, gfn))
     s_gfn, s_end = gfn[order], end[order]
     reach = np.maximum.accumulate(s_end) if order.size else s_end
     reacher = np.maximum.accumulate(np.where(s_end == reach, np.arange(order.size), 0)) if order.size else order
@@ -402,7 +337,11 @@ def check(dump: RmpDump, exp: Expectation, *, chunk_entries: int = 1 << 22) -> R
     acc = _analyse(dump, exp, chunk_entries).acc
     violations = tuple(v for inv in INVARIANTS for v in acc.kept[inv])
     ok = not any(acc.counts[inv] for inv in INVARIANTS)
-    return RmpVerdict(ok=ok, violations=violations, counts=dict(acc.counts), asid=exp.asid)
+    notes = dump.problems
+    if dump.format == RMPREAD:
+        notes += ("not_validated not checked: the rmpread format has no validated bit (VMSA pages are "
+                  f"recognised by GPA {INITIAL_VMSA_GPA:#x})",)
+    return RmpVerdict(ok=ok, violations=violations, counts=dict(acc.counts), asid=exp.asid, notes=notes)
 
 
 def gpa_states(dump: RmpDump, exp: Expectation, gpa_start: int, gpa_end: int) -> np.ndarray:

@@ -8,6 +8,7 @@ atomically under the key.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from harness.errors import BuildError, BuildTimeout
 from harness.kernel import buildlog
 from harness.kernel.cache import BuildCache, BuildKey, compiler_version, files_digest, series_digest
 from harness.kernel.kconfig import ConfigRequest, make_config
-from harness.kernel.patches import Series, apply_series, load_series, reset_worktree
+from harness.kernel.patches import Series, apply_series, reset_worktree
 from harness.kernel.source import KernelSource, _git, file_lock, resolve_source, worktree_for
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FRAGMENT = REPO_ROOT / "kernel-patches" / "configs" / "local-target.config"
 GUESTS_DIR = REPO_ROOT / "guests"
-# Our own debugfs RMP dump (kernel-patches/instrumentation/README.md), applied after the series.
+# Our own debugfs RMP dump (kernel-patches/instrumentation/README.md), applied after the series:
+# the variant that fits the tree (harness.kernel.instrumentation), or none.
 INSTRUMENTATION_DIR = REPO_ROOT / "kernel-patches" / "instrumentation"
 BUILD_TIMEOUT_S = 4 * 3600  # a hung build is ended, not waited on forever
 
@@ -52,14 +54,15 @@ class BuildRequest:
     jobs: int = os.cpu_count() or 1
     make_args: tuple[str, ...] = ()
     guests_dir: Path = GUESTS_DIR
-    instrumentation: bool = True  # apply INSTRUMENTATION_DIR's series after `series`
+    instrumentation: bool = True  # apply the fitting INSTRUMENTATION_DIR variant after `series`
 
-    def applied_series(self) -> Series | None:
-        """What gets applied to the base: the series under test, then the instrumentation."""
-        if not self.instrumentation:
-            return self.series
-        instr = load_series(INSTRUMENTATION_DIR)
-        return instr if self.series is None else self.series.then(instr)
+    def tree_inputs(self) -> list[Path]:
+        """Every file that decides the patched tree: the series, and each instrumentation variant
+        (which one applies is decided by the tree, so all of them count)."""
+        files = [p.path for p in self.series.patches] if self.series else []
+        if self.instrumentation:
+            files += sorted(p for p in INSTRUMENTATION_DIR.glob("*/*") if p.is_file())
+        return files
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ def build(request: BuildRequest, log_path: Path, progress: Progress | None = Non
     source = resolve_source(request.tree, request.base, request.cache_dir)
     phases["source"] = time.monotonic() - t0
 
-    tree_id = _known_tree_id(cache, source, request.applied_series())
+    tree_id = _known_tree_id(cache, source, request)
     if tree_id:
         key = build_key(request, tree_id).digest()
         meta = cache.lookup(key)
@@ -135,24 +138,50 @@ def build(request: BuildRequest, log_path: Path, progress: Progress | None = Non
         return _build_locked(request, cache, source, log_path, progress, phases)
 
 
-def _known_tree_id(cache: BuildCache, source: KernelSource, series: Series | None) -> str | None:
-    if series is None:
+def _known_tree_id(cache: BuildCache, source: KernelSource, request: BuildRequest) -> str | None:
+    inputs = request.tree_inputs()
+    if not inputs:
         return source.base_tree()
-    return cache.remembered_tree(series_digest(source.base, [p.path for p in series.patches]))
+    return cache.remembered_tree(series_digest(source.base, inputs))
+
+
+def _instrument(worktree: Path, source: KernelSource, request: BuildRequest,
+                applied: list) -> tuple[list, str | None, str]:
+    """Apply the instrumentation variant that fits the patched tree: (applied, variant, note).
+    Our own debugging patch never fails a build: a tree no variant fits builds without it."""
+    from harness.errors import PatchError
+    from harness.kernel.instrumentation import pick_variant
+
+    if not request.instrumentation:
+        return applied, None, "not requested (--no-instrumentation, or [kernel] instrumentation = false)"
+    choice = pick_variant(worktree)
+    if choice.variant is None:
+        log.warning("building without the RMP dump instrumentation: %s", choice.reason)
+        return applied, None, choice.reason
+    try:
+        more = apply_series(worktree, source.base, choice.variant.series(), on_top=True)
+    except PatchError as e:  # apply --check passed, so this is rare; put the series back and go on
+        note = f"{choice.variant.name} did not apply: {str(e).splitlines()[0]}"
+        log.warning("building without the RMP dump instrumentation: %s", note)
+        if request.series is not None:
+            apply_series(worktree, source.base, request.series)
+        return applied, None, note
+    n = len(applied)
+    return applied + [dataclasses.replace(a, index=n + a.index) for a in more], choice.variant.name, choice.reason
 
 
 def _build_locked(request, cache, source, log_path, progress, phases) -> Build:
     t = time.monotonic()
     worktree = worktree_for(source, request.cache_dir)
     applied = []
-    series = request.applied_series()
-    if series is not None:
-        applied = apply_series(worktree, source.base, series)
+    if request.series is not None:
+        applied = apply_series(worktree, source.base, request.series)
     else:
         reset_worktree(worktree, source.base)
+    applied, variant, note = _instrument(worktree, source, request, applied)
     tree_id = _git(worktree, "rev-parse", "HEAD^{tree}").strip()
-    if series is not None:
-        cache.remember_tree(series_digest(source.base, [p.path for p in series.patches]), tree_id)
+    if request.tree_inputs():
+        cache.remember_tree(series_digest(source.base, request.tree_inputs()), tree_id)
     key_parts = build_key(request, tree_id)
     key = key_parts.digest()
     phases["patch"] = time.monotonic() - t
@@ -184,6 +213,8 @@ def _build_locked(request, cache, source, log_path, progress, phases) -> Build:
                     _modules_tarball(worktree, obj, make_args, env, logf, staging, log_path)
                     _guest_module(worktree, obj, request, make_args, env, logf, staging, log_path)
                 meta = _stage(staging, obj, key_parts, source, request, applied, phases, manifest, worktree)
+                meta.update(instrumentation=variant, instrumentation_note=note)
+                (staging / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
                 entry = cache.commit(key, staging)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -369,7 +400,6 @@ def _stage(staging, obj, key, source, request, applied, phases, manifest, worktr
         "base": source.base,
         "worktree": str(worktree),
         "series": request.series.name if request.series else None,
-        "instrumentation": request.instrumentation,
         "patches": [{"index": a.index, "subject": a.subject, "patch_id": a.patch_id} for a in applied],
         "config_sha256": hashlib.sha256((obj / ".config").read_bytes()).hexdigest(),
         "config_base": request.config.base,

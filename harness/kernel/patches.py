@@ -238,9 +238,11 @@ def commit_patch_id(worktree: Path, commit: str) -> str:
     return patch_id(diff, commit)
 
 
-def apply_series(worktree: Path, base: str, series: Series) -> list[AppliedPatch]:
-    """Reset to base, then apply every patch as its own commit."""
-    reset_worktree(worktree, base)
+def apply_series(worktree: Path, base: str, series: Series, *, on_top: bool = False) -> list[AppliedPatch]:
+    """Reset to base (unless `on_top`: onto HEAD as it is), then apply every patch as its own commit.
+    On failure the tree is reset to base and a PatchError names the patch, file and hunk."""
+    if not on_top:
+        reset_worktree(worktree, base)
     applied = []
     for patch in series.patches:
         text = patch.path.read_text(errors="replace")

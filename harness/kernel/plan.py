@@ -71,6 +71,17 @@ def build_request_from_args(args, config: HarnessConfig, workdir: Path | None) -
                          instrumentation=False if args.no_instrumentation else None)
 
 
+def _instrumentation_for(repo: Path, base: str) -> list[Path | str]:
+    import subprocess
+
+    from harness.kernel.instrumentation import SEV_C, match_source
+
+    r = subprocess.run(["git", "-C", str(repo), "show", f"{base}:{SEV_C}"], capture_output=True, text=True,
+                       errors="replace")
+    choice = match_source(r.stdout if r.returncode == 0 else "")
+    return [p.path for p in choice.variant.series().patches] if choice.variant else [f"<none: {choice.reason}>"]
+
+
 def plan_commands(request: BuildRequest) -> list[list[str]]:
     """Every command a build of `request` runs on a cache miss; nothing is run or written."""
     from harness.kernel.selftests_build import selftest_commands
@@ -96,9 +107,11 @@ def plan_commands(request: BuildRequest) -> list[list[str]]:
     if not (worktree / ".git").exists():
         cmds.append(["git", "-C", str(repo), "worktree", "add", "--detach", "-f", str(worktree), base])
     cmds.append(["git", "-C", str(worktree), "checkout", "-q", "-f", "--detach", base])
-    applied = request.applied_series()
-    for patch in applied.patches if applied else ():
-        cmds.append(["git", "-C", str(worktree), "am", "-3", "--keep-non-patch", str(patch.path)])
+    patches = [p.path for p in request.series.patches] if request.series else []
+    if request.instrumentation:  # the variant that fits the base (the series under test may change that)
+        patches += _instrumentation_for(Path(repo), base) if exists else ["<the instrumentation variant that fits>"]
+    for patch in patches:
+        cmds.append(["git", "-C", str(worktree), "am", "-3", "--keep-non-patch", str(patch)])
     obj = worktree / f".snp-build-{request.config.inputs_digest()[:12]}"
     make_args = [f"-j{request.jobs}", "CC=ccache gcc", *request.make_args]
     cmds += config_commands(worktree, obj, request.config, make_args=make_args)

@@ -114,7 +114,8 @@ def rmp_maps(run_dir: Path) -> tuple[list[RmpMap], list[str]]:
                 continue
             if not raw.exists():
                 raw = unpacked = _unpack(raw)
-            dump = rmp.load_dump(raw, int(data["start_pfn"]))
+            dump = rmp.load_dump(raw, int(data["start_pfn"]), fmt=data.get("format", "fam19h-raw"),
+                                 sparse=bool(data.get("sparse", False)))
             verdict = rmp.check(dump, exp)
             png = None
             if wants_map:

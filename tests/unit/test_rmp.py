@@ -319,10 +319,11 @@ small_ranges = st.lists(st.tuples(st.integers(0, 4 * M2), st.integers(0, 4 * M2)
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=ENTRY_SIZE * 1100), start_pfn=st.sampled_from([0, 512, 7, 1 << 30]),
        asid=st.integers(-2, 1100), private=st.one_of(ranges, small_ranges), shared=st.one_of(ranges, small_ranges),
-       torn_down=st.booleans(), leaked=ranges, exclusive=st.booleans(), chunk=st.integers(1, 600))
+       torn_down=st.booleans(), leaked=ranges, exclusive=st.booleans(), chunk=st.integers(1, 600),
+       fmt=st.sampled_from(["fam19h-raw", "rmpread"]))
 def test_check_never_raises_on_arbitrary_bytes(data, start_pfn, asid, private, shared, torn_down, leaked, exclusive,
-                                               chunk):
-    d = dump_from_bytes(data[: len(data) // ENTRY_SIZE * ENTRY_SIZE], start_pfn)
+                                               chunk, fmt):
+    d = dump_from_bytes(data[: len(data) // ENTRY_SIZE * ENTRY_SIZE], start_pfn, fmt)
     exp = Expectation(asid, tuple(private), tuple(shared), torn_down, tuple(leaked), exclusive)
     v = check(d, exp, chunk_entries=chunk)
     assert v.ok == (not v.violations) == (sum(v.counts[i] for i in INVARIANTS) == 0)
@@ -361,3 +362,147 @@ def test_a_running_guest_may_keep_private_pages_anywhere_in_its_ram_but_not_outs
     assert [(x.invariant, x.pfn) for x in v.violations] == [("unexpected_gpa", 0x202)]
     assert "outside the allowed ranges" in v.violations[0].detail
     assert check(dump_from_bytes(data[:32], start_pfn=0x200), Expectation(asid=ANY_ASID, allowed_gpas=ram)).ok
+
+
+# --- formats, unreadable entries, sparse records ---------------------------------------------------
+
+from harness.evidence.rmp import (FAM19H_RAW, INITIAL_VMSA_GPA, RECORD_SIZE, RMPREAD,  # noqa: E402
+                                  TRAILER_PFN, records_from_bytes)
+
+UNREADABLE = b"\xff" * ENTRY_SIZE
+
+
+def dump_in(fmt: str, entries: dict[int, dict], n: int, start_pfn: int = 0, holes=()) -> RmpDump:
+    """A dense dump in `fmt`; PFNs in `holes` are unreadable (all 0xff), as the kernel returns them."""
+    out = []
+    for pfn in range(start_pfn, start_pfn + n):
+        if pfn in holes:
+            out.append(UNREADABLE)
+        else:
+            out.append(struct.pack("<QQ", *encode_entry(**entries.get(pfn, {}), fmt=fmt)))
+    return dump_from_bytes(b"".join(out), start_pfn, fmt)
+
+
+def as_records(dense: RmpDump, guest: bool = False, split: int | None = None) -> bytes:
+    """What the kernel's "assigned" ("guest") mode returns for the dense dump's range, in one request
+    or two (split: the first request's count)."""
+    e = decode(dense)
+    parts, cuts = [], [0, split, dense.n] if split is not None else [0, dense.n]
+    for a, b in zip(cuts, cuts[1:]):
+        rows = [i for i in range(a, b) if e.readable[i] and e.assigned[i] and (not guest or e.asid[i])]
+        parts += [struct.pack("<Q", int(e.pfn[i])) + dense.raw[i].astype("<u8").tobytes() for i in rows]
+        parts.append(struct.pack("<QQQ", TRAILER_PFN, b - a, int((~e.readable[a:b]).sum())))
+    return b"".join(parts)
+
+
+def test_rmpread_layout_is_struct_rmpentry_of_6_14():
+    # u64 gpa; u8 assigned:1; u8 pagesize:1, hpage_region_status:1; u8 immutable:1; u8 rsvd; u32 asid
+    w0, w1 = encode_entry(assigned=True, pagesize_2m=True, immutable=True, gpa=0x7_1234_5000, asid=0x1_0000,
+                          validated=True, vmsa=True, fmt=RMPREAD)
+    assert (w0, w1) == (0x7_1234_5000, 1 | 1 << 8 | 1 << 16 | 0x1_0000 << 32)
+    e = decode(dump_from_bytes(struct.pack("<QQ", w0, w1 | 1 << 9), 3, RMPREAD))
+    assert (e.pfn[0], e.gpa[0], e.asid[0]) == (3, 0x7_1234_5000, 0x1_0000)
+    assert e.assigned[0] and e.pagesize_2m[0] and e.immutable[0] and e.validated[0] and not e.vmsa[0]
+    assert decode(dump_from_bytes(struct.pack("<QQ", INITIAL_VMSA_GPA, 1), 0, RMPREAD)).vmsa.tolist() == [True]
+    with pytest.raises(ValueError):
+        encode_entry(asid=1 << 32, fmt=RMPREAD)
+
+
+@pytest.mark.parametrize("fmt", [FAM19H_RAW, RMPREAD])
+def test_both_formats_give_the_same_verdicts(fmt):
+    layouts = [{}, {104: p4k(2 * K4)}, {300: p4k(0x9000, asid=7)}, {1024: {}, 1025: p2m(M2)}, {1025: p4k(M2 + K4)}]
+    for changes in layouts:
+        raw = check(dump_in(FAM19H_RAW, GOOD | changes, N), EXP)
+        v = check(dump_in(fmt, GOOD | changes, N), EXP)
+        assert (v.ok, v.violations, v.counts) == (raw.ok, raw.violations, raw.counts)
+    assert check(dump_in(fmt, GOOD, N), EXP).notes == (() if fmt == FAM19H_RAW else (
+        "not_validated not checked: the rmpread format has no validated bit (VMSA pages are recognised by "
+        "GPA 0xfffffffff000)",))
+
+
+def test_rmpread_cannot_see_validation_but_sees_vmsa_pages_by_gpa():
+    v = check(dump_in(RMPREAD, GOOD | {102: p4k(2 * K4, validated=False)}, N), EXP)
+    assert v.ok and "not_validated not checked" in v.notes_text()
+    vmsas = {500 + i: p4k(INITIAL_VMSA_GPA, immutable=True, vmsa=True) for i in range(2)}
+    v = check(dump_in(RMPREAD, GOOD | vmsas, N), EXP)
+    assert v.ok and v.counts["vmsa"] == 2
+
+
+def test_rmpread_asids_wider_than_10_bits():
+    v = check(dump_in(RMPREAD, {100: p4k(0, asid=5000)}, 8, start_pfn=100), Expectation(5000, ((0, K4),)))
+    assert v.ok and v.counts["assigned_asid"] == 1
+    gpa = 1 << 60       # beyond what the raw 39-bit GFN holds
+    v = check(dump_in(RMPREAD, {0: p4k(gpa), 1: p4k(gpa)}, 2), Expectation(ASID, ((gpa, gpa + K4),)))
+    counts_only(v, duplicate_gpa=1)
+
+
+@pytest.mark.parametrize("fmt", [FAM19H_RAW, RMPREAD])
+def test_unreadable_entries_are_counted_not_assigned(fmt):
+    holes = {100, 101, 600, 1024}       # 1024: the 2M head is unreadable, so its region is not shadowed
+    d = dump_in(fmt, GOOD | {1025: p4k(M2 + K4)}, N, holes=holes)
+    v = check(d, Expectation(ASID, private_gpas=((2 * K4, 4 * K4), (M2 + K4, M2 + 2 * K4)), shared_gpas=()))
+    assert v.ok and v.counts["unreadable"] == 4 and v.counts["assigned"] == 4
+    assert decode(d, only_assigned=True).pfn.tolist() == [7, 102, 103, 1025]
+    assert not decode(d).readable[100] and not decode(d).assigned[100]
+
+
+@pytest.mark.parametrize("fmt", [FAM19H_RAW, RMPREAD])
+@pytest.mark.parametrize("split", [None, 700, 1024])
+def test_sparse_records_give_the_dense_verdict(fmt, split):
+    dense = dump_in(fmt, MIXED, 2048, holes={5, 1300})
+    sparse = records_from_bytes(as_records(dense, split=split), fmt)
+    assert sparse.sparse and sparse.problems == () and (sparse.scanned, sparse.unreadable) == (2048, 2)
+    assert sparse.n == int(decode(dense).assigned.sum())
+    exp = Expectation(ASID, private_gpas=((0, 4 * K4), (M2, 2 * M2), (6 * M2, 7 * M2)), shared_gpas=((0x5000, M2),))
+    for e in (exp, Expectation(ASID, torn_down=True, leaked_pfns=((100, 104),)), replace(exp, asid=7)):
+        for chunk in (1, 100, 1 << 22):
+            assert check(sparse, e, chunk_entries=chunk) == check(dense, e)
+        assert gpa_states(sparse, e, 0, 8 * M2).tolist() == gpa_states(dense, e, 0, 8 * M2).tolist()
+    a = decode(sparse)
+    assert a.pfn.tolist() == decode(dense, only_assigned=True).pfn.tolist()
+
+
+def test_guest_records_leave_out_asid_0():
+    dense = dump_in(FAM19H_RAW, GOOD, N)
+    sparse = records_from_bytes(as_records(dense, guest=True))
+    assert decode(sparse).pfn.tolist() == [100, 101, 102, 103, 1024]
+    assert check(sparse, EXP).ok and check(sparse, EXP).counts["entries"] == N
+
+
+def test_records_problems_are_recorded_not_raised():
+    dense = dump_in(FAM19H_RAW, GOOD, N)
+    data = as_records(dense)
+    assert records_from_bytes(data[:-RECORD_SIZE]).problems == (
+        "the stream ends without a trailer: a request's records were cut off after PFN 0x400",)
+    assert records_from_bytes(data + b"\0" * 5).problems == ("5 bytes after the last whole 24-byte record",)
+    rec = data[:-RECORD_SIZE]
+    swapped = rec[RECORD_SIZE:2 * RECORD_SIZE] + rec[:RECORD_SIZE] + rec[RECORD_SIZE:] + data[-RECORD_SIZE:]
+    d = records_from_bytes(swapped)
+    assert d.problems == ("records out of PFN order (1 repeated PFNs dropped)",)
+    assert decode(d).pfn.tolist() == [7, 100, 101, 102, 103, 1024]
+    bogus = struct.pack("<QQQ", 1 << 63, 1, 0) + data
+    assert records_from_bytes(bogus).problems == ("1 records with a PFN >= 2**62 dropped",)
+    empty = records_from_bytes(b"")
+    assert (empty.n, empty.scanned, empty.problems) == (0, 0, ())
+    assert check(records_from_bytes(data[:-RECORD_SIZE]), EXP).notes[0].startswith("the stream ends without")
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=RECORD_SIZE * 40), fmt=st.sampled_from([FAM19H_RAW, RMPREAD]),
+       asid=st.integers(-2, 1100), torn_down=st.booleans())
+def test_records_from_arbitrary_bytes_never_raise(data, fmt, asid, torn_down):
+    d = records_from_bytes(data, fmt)
+    assert d.pfns is not None and d.pfns.size == d.n and (d.n < 2 or (d.pfns[1:] > d.pfns[:-1]).all())
+    v = check(d, Expectation(asid, ((0, 4 * M2),), torn_down=torn_down))
+    assert isinstance(v.summary(), str)
+
+
+def test_load_dump_sparse_and_formats(tmp_path):
+    dense = dump_in(RMPREAD, GOOD, N)
+    (tmp_path / "r.rec").write_bytes(as_records(dense))
+    d = load_dump(tmp_path / "r.rec", fmt=RMPREAD, sparse=True)
+    assert d.sparse and d.format == RMPREAD and check(d, EXP) == check(dense, EXP)
+    (tmp_path / "r.bin").write_bytes(dense.raw.tobytes())
+    assert load_dump(tmp_path / "r.bin", fmt=RMPREAD).format == RMPREAD
+    with pytest.raises(ValueError, match="unknown RMP entry format 'zen9'"):
+        load_dump(tmp_path / "r.bin", fmt="zen9")
