@@ -112,7 +112,8 @@ def layout(n: int, seed: int = 1) -> dict[str, np.ndarray]:
     }
 
 
-def write_dump(path: Path, n: int, lay: dict[str, np.ndarray]) -> None:
+def write_dump(path: Path, n: int, lay: dict[str, np.ndarray], shadowed: bool = True) -> None:
+    """The raw table; `shadowed`: every other 2M region also holds stale 4K sub-entries."""
     def within(key: str, a: int, b: int) -> slice:     # the (sorted) PFNs of lay[key] in [a, b)
         return slice(*np.searchsorted(lay[key], [a, b]))
 
@@ -130,7 +131,7 @@ def write_dump(path: Path, n: int, lay: dict[str, np.ndarray]) -> None:
             s = within("head2m", a, b)
             heads, gfns = lay["head2m"][s] - a, lay["gfn2m"][s].astype(np.uint64)
             lo[heads] = LO_2M | (gfns << 12)
-            filled = (lay["head2m"][s] // PMD_PAGES) % 2 == 0      # every other region: sub-entries too
+            filled = ((lay["head2m"][s] // PMD_PAGES) % 2 == 0) & shadowed  # every other region: sub-entries
             sub = np.arange(1, PMD_PAGES)
             lo[(heads[filled, None] + sub).ravel()] = (LO_4K | ((gfns[filled, None] + sub.astype(np.uint64)) << 12)
                                                        ).ravel()

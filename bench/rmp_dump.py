@@ -54,19 +54,14 @@ sys.path.insert(0, str(REPO))
 
 from harness.errors import HarnessError  # noqa: E402
 from harness.evidence import rmp_collect  # noqa: E402
-from harness.evidence.rmp import (ANY_ASID, ENTRY_SIZE, PMD_PAGES, Expectation, check, encode_entry,  # noqa: E402
+from harness.evidence.rmp import (ANY_ASID, ENTRY_SIZE, PMD_PAGES, Expectation, check,  # noqa: E402
                                   load_dump)
 from harness.transport.local import LocalTransport  # noqa: E402
 
 ASID = 5
 GIB = 1 << 30
-GEN_CHUNK = 1 << 22
 GUEST_BYTES = 4 * GIB
 INITIAL_VMSA_GPA = 0xFFFFFFFFF000
-LO_FW = encode_entry(assigned=True, immutable=True)[0]
-LO_4K = encode_entry(assigned=True, asid=ASID, validated=True)[0]
-LO_2M = encode_entry(assigned=True, pagesize_2m=True, asid=ASID, validated=True)[0]
-LO_VMSA = encode_entry(assigned=True, immutable=True, asid=ASID, vmsa=True, validated=True, gpa=INITIAL_VMSA_GPA)[0]
 ONES = np.uint64((1 << 64) - 1)
 
 
@@ -97,23 +92,10 @@ def expectation(lay: dict[str, np.ndarray]) -> Expectation:
 
 
 def write_table(path: Path, n: int, lay: dict[str, np.ndarray]) -> None:
-    def within(key: str, a: int, b: int) -> slice:
-        return slice(*np.searchsorted(lay[key], [a, b]))
+    # rmp_analysis's table writer (same layout keys and entry values), without shadowed sub-entries
+    from rmp_analysis import write_dump
 
-    with open(path, "wb") as f:
-        for a in range(0, n, GEN_CHUNK):
-            b = min(n, a + GEN_CHUNK)
-            raw = np.zeros((b - a, 2), np.uint64)
-            lo = raw[:, 0]
-            r0, r1 = (int(x) for x in np.clip(lay["rmp"], a, b))
-            lo[r0 - a:r1 - a] = LO_FW
-            lo[lay["fw"][within("fw", a, b)] - a] = LO_FW
-            lo[lay["vmsa"][within("vmsa", a, b)] - a] = LO_VMSA
-            s = within("pfn4k", a, b)
-            lo[lay["pfn4k"][s] - a] = LO_4K | (lay["gfn4k"][s].astype(np.uint64) << 12)
-            s = within("head2m", a, b)
-            lo[lay["head2m"][s] - a] = LO_2M | (lay["gfn2m"][s].astype(np.uint64) << 12)
-            f.write(memoryview(raw).cast("B"))
+    write_dump(path, n, lay, shadowed=False)
 
 
 # --- the target's side ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 from harness.evidence.rmp_format import (  # noqa: F401  (re-exported: callers use harness.evidence.rmp)
     ENTRY_SIZE, FAM19H_RAW, FORMATS, INITIAL_VMSA_GPA, INVARIANTS, PMD_PAGES, RECORD_SIZE, RMPREAD,
     STATE_NAMES, TRAILER_PFN, VIOLATIONS_KEPT, _ASID_MASK, _GFN_LIMIT, _PFN_LIMIT, Entries, RmpDump, _fields,
-    _is_2m, _row_pfns, _u64, decode, dump_from_bytes, encode_entry, load_dump, records_from_bytes)
+    _is_2m, _row_pfns, _u64, decode, dump_from_bytes, encode_entry, load_dump, merge_spans, records_from_bytes)
 
 # Expectation.asid for a teardown check when the guest's ASID is unknown to userspace: every
 # non-zero ASID counts as the guest's (the host ran only the test's guests during its lease).
@@ -84,15 +84,7 @@ Intervals = tuple[np.ndarray, np.ndarray]   # sorted [start, end) page (or PFN) 
 def _ranges(pairs: Iterable[tuple[int, int]], shift: int, limit: int) -> Intervals:
     """Expectation ranges (bytes or PFNs) -> merged, disjoint units; junk clipped, never raised on."""
     unit = 1 << shift
-    spans = sorted((max(0, int(s)) >> shift, min(limit, -(-int(e) // unit))) for s, e in pairs)
-    merged: list[list[int]] = []
-    for s, e in spans:
-        if e <= s:
-            continue
-        if merged and s <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
+    merged = merge_spans((max(0, int(s)) >> shift, min(limit, -(-int(e) // unit))) for s, e in pairs)
     arr = np.array(merged, dtype=np.int64).reshape(-1, 2)
     return arr[:, 0].copy(), arr[:, 1].copy()
 

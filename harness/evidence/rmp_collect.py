@@ -151,15 +151,7 @@ def plan_ranges(ranges: Iterable[tuple[int, int]] | None, max_pfn: int,
     """
     if ranges is None:
         return [(0, max_pfn + 1)]
-    spans = sorted((max(0, int(s)), min(max_pfn + 1, int(e))) for s, e in ranges)
-    merged: list[list[int]] = []
-    for s, e in spans:
-        if e <= s:
-            continue
-        if merged and s <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
+    merged = rmp.merge_spans((max(0, int(s)), min(max_pfn + 1, int(e))) for s, e in ranges)
     while len(merged) > max(1, max_requests):
         i = min(range(len(merged) - 1), key=lambda k: merged[k + 1][0] - merged[k][1])
         merged[i:i + 2] = [[merged[i][0], merged[i + 1][1]]]

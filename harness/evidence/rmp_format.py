@@ -28,6 +28,7 @@ hold) raise; records_from_bytes() never does.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,3 +210,16 @@ def encode_entry(*, assigned: bool = False, pagesize_2m: bool = False, immutable
     lo = (int(assigned) | int(pagesize_2m) << 1 | int(immutable) << 2 | (gpa >> 12) << 12 | asid << 51
           | int(vmsa) << 61 | int(validated) << 62)
     return lo, 0
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """[start, end) spans -> sorted, merged, non-empty [start, end] lists."""
+    merged: list[list[int]] = []
+    for s, e in sorted(spans):
+        if e <= s:
+            continue
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return merged

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.kernel.selftest_api import FUNCTIONS, MEMBERS, SELFTESTS_INCLUDE, SNP_LIB, UAPI_NAMES
+from harness.kernel.selftest_api import _count_params, FUNCTIONS, MEMBERS, SELFTESTS_INCLUDE, SNP_LIB, UAPI_NAMES
 from harness.kernel.selftests_build import GUESTS, Manifest, guest_programs
 
 pytestmark = pytest.mark.slow
@@ -57,18 +57,9 @@ def _gcc(tree: Path, hdr: Path, arch: str | None, *args: str, source: str) -> su
 
 
 def _params(text: str) -> int:
-    """Parameters in a prototype's or macro's parameter list."""
-    text, depth, count = text.strip(), 0, 1
-    if text in ("", "void"):
-        return 0
-    for ch in text:
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            count += 1
-    return count
+    """Parameters in a prototype's or macro's parameter list (the detector's own counter: what is
+    checked here is the prototypes gcc prints, against what the detector read from the headers)."""
+    return _count_params(text.strip())
 
 
 def test_detected_api_is_what_the_compiler_sees(built, tmp_path):
