@@ -82,6 +82,14 @@ def snp_qemu_gap(help_text: str, qemu: str) -> str | None:
     return None
 
 
+# Plain L2 (the QEMU target's nested guest): legacy virtio, whose queue notifications are port
+# I/O. A modern device notifies through MMIO, which the L1's KVM must emulate; under TCG's nested
+# SVM that exit can arrive flagged as interrupting an event delivery, and 7.x KVM then refuses to
+# emulate it (KVM internal error, suberror 3: DELIVERY_EV) where 6.12 went on. Port I/O needs no
+# emulation of the faulting instruction.
+PLAIN_VIRTIO = ",disable-modern=on"
+
+
 def guest_argv(cfg: GuestConfig, *, kernel: str, initrd: str, ssh_port: int, pidfile: str,
                sev: SevCpuid | None = None, accel: str = "kvm") -> list[str]:
     """The QEMU command line. SNP needs `sev` (from CPUID) and cfg.firmware."""
@@ -91,7 +99,7 @@ def guest_argv(cfg: GuestConfig, *, kernel: str, initrd: str, ssh_port: int, pid
             "-append", " ".join(cfg.cmdline),
             # restrict=on: the guest reaches no network; its sshd only on the target's loopback.
             "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-            "-device", "virtio-net-pci,netdev=n0,romfile="]
+            "-device", "virtio-net-pci,netdev=n0,romfile=" + ("" if cfg.snp else PLAIN_VIRTIO)]
     if not cfg.snp:
         return [*argv, "-machine", "q35"]
     if sev is None or not cfg.firmware:

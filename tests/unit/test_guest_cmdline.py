@@ -54,6 +54,8 @@ def test_plain_command_line_has_no_snp_objects():
     assert argv[-2:] == ["-machine", "q35"] and "-object" not in argv and "-bios" not in argv
     assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 quiet no_timer_check"
     assert argv[argv.index("-cpu") + 1] == "qemu64"
+    # legacy virtio: port-I/O notifications, no MMIO for nested KVM to emulate
+    assert argv[argv.index("-device") + 1] == "virtio-net-pci,netdev=n0,romfile=,disable-modern=on"
 
 
 @pytest.mark.parametrize("sev, firmware", [(None, "/ovmf"), (SevCpuid(51, 1, True), None)])
