@@ -177,6 +177,10 @@ def tree_arg(value: str | Path | None) -> Path | str | None:
 def worktree_for(source: KernelSource, cache_dir: Path) -> Path:
     """The harness's own worktree of this source's repository (created once, then reused)."""
     path = cache_dir / "work" / source.repo_id
+    if (cache_dir / "src") in Path(source.repo).parents:
+        # our own import (older ones predate this in _import): `git clean` before each build
+        # rescans ~90k files without git's untracked cache
+        _git(source.repo, "config", "core.untrackedCache", "true")
     if not (path / ".git").exists():
         shutil.rmtree(path, ignore_errors=True)
         path.parent.mkdir(parents=True, exist_ok=True)
