@@ -246,7 +246,9 @@ def apply_series(worktree: Path, base: str, series: Series, *, on_top: bool = Fa
     applied = []
     for patch in series.patches:
         text = patch.path.read_text(errors="replace")
-        if has_mail_headers(text):
+        if has_mail_headers(text) and _apply_mail_fast(worktree, patch.path):
+            r = subprocess.CompletedProcess([], 0, "", "")
+        elif has_mail_headers(text):
             r = _git(worktree, "am", "-3", "--keep-non-patch", str(patch.path), check=False)
         else:
             r = _git(worktree, "apply", "--3way", "--index", str(patch.path), check=False)
@@ -260,11 +262,36 @@ def apply_series(worktree: Path, base: str, series: Series, *, on_top: bool = Fa
     return applied
 
 
-def _commit_index(worktree: Path, subject: str) -> None:
+def _commit_index(worktree: Path, subject: str, author: dict[str, str] | None = None) -> None:
     """Commit the index on the detached HEAD (plumbing: no hooks, no index refresh)."""
     tree = _git(worktree, "write-tree").stdout.strip()
-    commit = _git(worktree, "commit-tree", tree, "-p", "HEAD", "-m", subject).stdout.strip()
-    _git(worktree, "update-ref", "--no-deref", "HEAD", commit)
+    r = subprocess.run(["git", "-C", str(worktree), "commit-tree", tree, "-p", "HEAD", "-F", "-"], input=subject,
+                       capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY, **(author or {})})
+    if r.returncode != 0:
+        raise InfraError(f"git commit-tree failed in {worktree}: {r.stderr.strip()}")
+    _git(worktree, "update-ref", "--no-deref", "HEAD", r.stdout.strip())
+
+
+def _apply_mail_fast(worktree: Path, path: Path) -> bool:
+    """A mail patch that applies cleanly, committed as `git am --keep-non-patch` would (author,
+    date, message), without am's full index refresh (~0.3 s of an incremental build's ~1 s).
+    False: nothing was changed; `git am -3` then does the 3-way merge and names what failed."""
+    with tempfile.TemporaryDirectory(prefix="snp-mailinfo-") as tmp:
+        msg, diff = Path(tmp) / "msg", Path(tmp) / "patch"
+        with open(path, "rb") as f:
+            info = subprocess.run(["git", "mailinfo", "-b", str(msg), str(diff)], stdin=f, capture_output=True,
+                                  text=True, errors="replace")
+        if info.returncode != 0 or not diff.stat().st_size:
+            return False
+        fields = dict(line.split(": ", 1) for line in info.stdout.splitlines() if ": " in line)
+        if _git(worktree, "apply", "--index", str(diff), check=False).returncode != 0:
+            return False
+        body = msg.read_text(errors="replace").strip()
+        message = fields.get("Subject", path.stem) + (f"\n\n{body}" if body else "") + "\n"
+    author = {k: v for k, v in (("GIT_AUTHOR_NAME", fields.get("Author")), ("GIT_AUTHOR_EMAIL", fields.get("Email")),
+                                ("GIT_AUTHOR_DATE", fields.get("Date"))) if v}
+    _commit_index(worktree, message, author)
+    return True
 
 
 def _patch_error(worktree: Path, base: str, series: Series, patch: Patch, text: str, output: str) -> PatchError:

@@ -465,3 +465,21 @@ def test_patch_id(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as e:
         patch_id(not_a_patch.read_bytes(), str(not_a_patch))
     assert str(e.value) == f"{not_a_patch}: git patch-id found no diff in it (is it a patch?)"
+
+
+def test_mail_patch_fast_path_commits_what_git_am_commits(tmp_path, repo):
+    """The fast path (git apply --index + commit-tree) records the author, date and message
+    exactly as `git am --keep-non-patch` does, so the series' commits read the same."""
+    path, base = repo
+    mail = (b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+            b"From: Ada Lovelace <ada@example.org>\nDate: Tue, 3 Mar 2026 10:11:12 +0100\n"
+            b"Subject: [PATCH v2 1/1] [RFC] a.c: spell out three\n\nWhy, in two lines\nof body.\n\n"
+            b"Signed-off-by: Ada Lovelace <ada@example.org>\n---\n" + mbox_message(1).split(b"\n---\n", 1)[1])
+    series = load_series(make_series(tmp_path / "s", {"0001-three.patch": mail}))
+    apply_series(path, base, series)
+    fmt = "--format=%an|%ae|%aI|%B"
+    fast = git(path, "log", "-1", fmt)
+    git(path, "checkout", "-q", "-f", "--detach", base)
+    git(path, "am", "-q", "--keep-non-patch", str(series.patches[0].path))
+    assert fast == git(path, "log", "-1", fmt)
+    assert fast.startswith("Ada Lovelace|ada@example.org|2026-03-03T10:11:12+01:00|[RFC] a.c: spell out three")
