@@ -94,7 +94,9 @@ def plan_commands(request: BuildRequest) -> list[list[str]]:
         tree = origin
     if not (Path(tree) / ".git").exists():
         origin = Path(tree)
-        repo = import_dest(origin, request.cache_dir)
+        # a tarball not fetched yet has no identity to name its import by
+        repo = (import_dest(origin, request.cache_dir) if origin.exists()
+                else request.cache_dir / "src" / f"{origin.name.split('.tar')[0]}-<digest>")
         if not imported(repo):
             cmds += import_commands(origin, repo)
         base = IMPORT_TAG

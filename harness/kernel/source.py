@@ -98,7 +98,8 @@ def import_dest(origin: Path, cache_dir: Path) -> Path:
 
 def import_commands(origin: Path, dest: Path) -> list[list[str]]:
     """What an import runs, for --dry-run (the real one works in a temporary directory)."""
-    unpack = (["tar", "-xf", str(origin), "-C", str(dest), "--strip-components=1"] if origin.is_file()
+    tarball = origin.is_file() or (not origin.exists() and ".tar" in origin.name)  # one to be fetched
+    unpack = (["tar", "-xf", str(origin), "-C", str(dest), "--strip-components=1"] if tarball
               else ["cp", "-a", f"{origin}/.", str(dest)])
     git = ["git", "-C", str(dest)]
     return [unpack, [*git, "init", "-q"], [*git, "add", "-A", "-f"],

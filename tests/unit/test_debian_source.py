@@ -109,3 +109,14 @@ def test_fetch_offline_falls_back_to_the_last_resolution(tmp_path):
     (tmp_path / "debian" / "resolved.json").unlink()
     with pytest.raises(InfraError, match="cannot be reached"):
         debian.fetch("debian:7.3", tmp_path, apt=Offline())
+
+
+def test_dry_run_of_a_tree_not_fetched_yet_lists_the_fetch(tmp_path):
+    from harness.kernel.build import BuildRequest
+    from harness.kernel.plan import plan_commands
+
+    cmds = plan_commands(BuildRequest(cache_dir=tmp_path, tree="debian:7.3"))
+    assert cmds[0][0] == "apt-get" and cmds[0][-2:] == ["update", "-q"]
+    assert cmds[1][-1] == "linux-source-7.3=<newest offered>" and cmds[2][0] == "dpkg-deb"
+    assert cmds[3][:2] == ["tar", "-xf"] and "<digest>" in cmds[3][-2]
+    assert not (tmp_path / "debian").exists()  # nothing fetched, nothing written
