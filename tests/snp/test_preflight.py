@@ -44,16 +44,17 @@ def test_kvm_device_opens(target):
     assert r.exit_status == 0, f"/dev/kvm cannot be opened read-write: {r.stderr.strip()}"
 
 
-def test_rmp_dump_interface_answers(target, snp_build):
+def test_rmp_dump_interface_answers(target, request):
     """Our RMP dump (kernel-patches/instrumentation/) is in the running kernel and answers: entries
     on an SNP host, ENODEV elsewhere. A tree that no variant fits is built without it: skip."""
     from harness.evidence.rmp_collect import DEBUGFS_DIR
 
+    if not target.selftests_dir:  # a host as it is: no build of ours runs there (and none is made)
+        pytest.skip(f"{target.name} does not run this build (use --snp-install)")
+    snp_build = request.getfixturevalue("snp_build")
     variant = snp_build.metadata.get("instrumentation")
     if not variant:
         pytest.skip(f"the build has no RMP dump: {snp_build.metadata.get('instrumentation_note') or 'not requested'}")
-    if not target.selftests_dir:
-        pytest.skip(f"{target.name} does not run this build (use --snp-install)")
     r = target.transport.run(["sh", "-c", f'(exec 3<>{DEBUGFS_DIR}/dump) 2>&1; echo "rc=$?"'], timeout=60)
     if target.capabilities().has("snp"):
         assert r.stdout.strip().endswith("rc=0"), r.stdout
