@@ -177,6 +177,21 @@ def pip_config_files(home: Path | None = None) -> list[Path]:
     return [p for p in names if p.is_file()]
 
 
+def logged_run(argv: list[str], log: Path, header: str, timeout: float) -> tuple[int, float]:
+    """Run argv with its output into `log` after a header line: (exit status, -9 on timeout; seconds)."""
+    start = time.monotonic()
+    with open(log, "w") as f:
+        f.write(header + "\n")
+        f.flush()
+        try:
+            rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            f.write(f"\n# killed after {timeout:.0f}s\n")
+            rc = -9
+    return rc, time.monotonic() - start
+
+
 @dataclass(frozen=True)
 class Mount:
     src: Path
@@ -225,20 +240,13 @@ def root_tarball(cache: Path, lines: Sequence[str], options: Sequence[str], log:
         tmp = cache / f".tmp-{os.getpid()}.tar"
         argv = ["mmdebstrap", "--mode=root", f"--variant={VARIANT}", "--format=tar",
                 *(f"--aptopt={o}" for o in options), SUITE, str(tmp), *lines]
-        start = time.monotonic()
-        with open(log, "w") as f:
-            f.write(f"$ {shlex.join(argv)}\n")
-            f.flush()
-            try:
-                r = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   timeout=timeout)
-            except subprocess.TimeoutExpired:
-                tmp.unlink(missing_ok=True)
-                raise RuntimeError(f"mmdebstrap: no result after {timeout:.0f}s\n{tail(log)}\nfull log: {log}")
-        seconds = time.monotonic() - start
-        if r.returncode != 0 or not tmp.is_file():
+        rc, seconds = logged_run(argv, log, f"$ {shlex.join(argv)}", timeout)
+        if rc == -9:
             tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"mmdebstrap failed (exit {r.returncode}):\n{tail(log)}\nfull log: {log}")
+            raise RuntimeError(f"mmdebstrap: no result after {timeout:.0f}s\n{tail(log)}\nfull log: {log}")
+        if rc != 0 or not tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"mmdebstrap failed (exit {rc}):\n{tail(log)}\nfull log: {log}")
         tmp.rename(dest)
         dest.with_suffix(".json").write_text(json.dumps(
             {"variant": VARIANT, "sources": list(lines), "aptopt": list(options), "mmdebstrap_s": round(seconds, 1),
@@ -339,18 +347,8 @@ class CleanRoot:
         # running when it exits; --kill-child: it exits when unshare does (a timeout kills unshare).
         argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
                 "/bin/sh", "-c", "\n".join(setup)]
-        start = time.monotonic()
-        with open(log, "w") as f:
-            f.write(f"# {name}: {script}\n")
-            f.flush()
-            try:
-                r = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   timeout=timeout)
-                rc = r.returncode
-            except subprocess.TimeoutExpired:
-                f.write(f"\n# {name}: killed after {timeout:.0f}s\n")
-                rc = -9
-        return Step(name, rc, time.monotonic() - start, log)
+        rc, seconds = logged_run(argv, log, f"# {name}: {script}", timeout)
+        return Step(name, rc, seconds, log)
 
     def output(self, script: str, log: Path, timeout: float = 120) -> tuple[int, str]:
         step = self.run("query", script, log, timeout=timeout)
