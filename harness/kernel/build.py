@@ -212,9 +212,8 @@ def _build_locked(request, cache, source, log_path, progress, phases) -> Build:
                 if "modules" in targets:
                     _modules_tarball(worktree, obj, make_args, env, logf, staging, log_path)
                     _guest_module(worktree, obj, request, make_args, env, logf, staging, log_path)
-                meta = _stage(staging, obj, key_parts, source, request, applied, phases, manifest, worktree)
-                meta.update(instrumentation=variant, instrumentation_note=note)
-                (staging / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+                meta = _stage(staging, obj, key_parts, source, request, applied, phases, manifest, worktree,
+                              {"instrumentation": variant, "instrumentation_note": note})
                 entry = cache.commit(key, staging)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -386,7 +385,7 @@ def _guest_module(worktree, obj, request, make_args, env, logf, staging, log_pat
         shutil.copy2(ko, dest / ko.name)
 
 
-def _stage(staging, obj, key, source, request, applied, phases, manifest, worktree) -> dict:
+def _stage(staging, obj, key, source, request, applied, phases, manifest, worktree, extra: dict) -> dict:
     for name, src in (("bzImage", obj / "arch/x86/boot/bzImage"), ("System.map", obj / "System.map"),
                       ("config", obj / ".config")):
         shutil.copy2(src, staging / name)
@@ -408,5 +407,6 @@ def _stage(staging, obj, key, source, request, applied, phases, manifest, worktr
         "selftests": manifest,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    meta.update(extra)  # e.g. which instrumentation variant was applied, or why none
     (staging / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return meta

@@ -262,7 +262,7 @@ def fetch(spec: DebianSpec | str, cache_dir: Path, *, apt: PrivateApt | None = N
     with file_lock(root / ".lock"):
         memo = _read_memo(memo_path)
         hit = memo.get(str(spec))
-        if hit and Path(hit["tarball"]).is_file() and (spec.version or time.time() - hit["at"] < FRESH_S):
+        if _still_good(hit, spec):
             return DebianPackage(hit["name"], hit["version"], Path(hit["tarball"]))
         apt = apt or PrivateApt(root / "apt")
         apt.prepare()
@@ -280,6 +280,11 @@ def fetch(spec: DebianSpec | str, cache_dir: Path, *, apt: PrivateApt | None = N
         tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
         tmp.replace(memo_path)
         return pkg
+
+
+def _still_good(hit: dict | None, spec: DebianSpec) -> bool:
+    """A remembered resolution stands: its tarball is there, and it is pinned or younger than a day."""
+    return bool(hit) and Path(hit["tarball"]).is_file() and bool(spec.version or time.time() - hit["at"] < FRESH_S)
 
 
 def _read_memo(path: Path) -> dict:
@@ -325,7 +330,7 @@ def planned_tarball(spec: DebianSpec | str, cache_dir: Path) -> tuple[Path, list
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     root = cache_dir / "debian"
     hit = _read_memo(root / "resolved.json").get(str(spec))
-    if hit and Path(hit["tarball"]).is_file() and (spec.version or time.time() - hit["at"] < FRESH_S):
+    if _still_good(hit, spec):
         return Path(hit["tarball"]), []
     apt = PrivateApt(root / "apt")
     name = PACKAGE + spec.series if spec.series != "latest" else PACKAGE + "<newest X.Y>"
