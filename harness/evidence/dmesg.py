@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import TransportError
-from harness.transport.base import Transport, follow_lines, write_value
+from harness.transport.base import Follower, Transport, follow_lines, write_value
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ FOLLOW_SCRIPT = (
 )
 RESTART_NOTE = "snp-harness-kmsg: reader restarted"
 MARKER_PREFIX = "snp-harness:"
+# Records kept in memory for slicing (each at most ~1 KiB of text). A flood beyond it is still
+# written to kmsg.log whole; a slice reaching into what was let go names it as NOT KEPT.
+MAX_RECORDS = 100_000
 
 _RECORD = re.compile(r"^(\d+),(\d+),(\d+),([^;,]*)[^;]*;(.*)$")
 _ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
@@ -72,16 +75,24 @@ class DmesgSlice:
     end_seq: int | None                  # the end marker's seq (excluded); None: no end marker
     records: tuple[KmsgRecord, ...]
     lost: tuple[tuple[int, int], ...]    # [first, last] seq ranges overwritten before they were read
+    # [first, last] seq ranges read (they are in kmsg.log) but not kept in memory: over MAX_RECORDS
+    dropped: tuple[tuple[int, int], ...] = ()
 
     @property
     def lost_count(self) -> int:
         return sum(b - a + 1 for a, b in self.lost)
 
+    @property
+    def dropped_count(self) -> int:
+        return sum(b - a + 1 for a, b in self.dropped)
+
     def _header(self) -> list[str]:
         end = self.end_seq if self.end_seq is not None else "(no end marker)"
         return [f"# kmsg records between seq {self.start_seq} and {end}; the last field is the record's seq",
                 *(f"# LOST {b - a + 1} record(s), seq {a}..{b}: the ring buffer wrapped before they were read"
-                  for a, b in self.lost)]
+                  for a, b in self.lost),
+                *(f"# NOT KEPT {b - a + 1} record(s), seq {a}..{b}: over the in-memory limit; kmsg.log has them"
+                  for a, b in self.dropped)]
 
     def lines(self) -> list[str]:
         """dmesg-style lines, one per line of text(): what the splat catalogue reads."""
@@ -106,8 +117,9 @@ class KmsgFollower:
     _markers: dict[str, int] = field(default_factory=dict)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _proc: object = None
-    _thread: threading.Thread | None = None
+    _thread: Follower | None = None
     _ended: str | None = None
+    _dropped_upto: int | None = None  # the newest seq no longer kept in memory
 
     def start(self, timeout: float = 30) -> None:
         """Start following; on failure set `unavailable` (the tests still run, without dmesg)."""
@@ -143,6 +155,11 @@ class KmsgFollower:
                 self._lost.append((last + 1, rec.seq - 1))
             self._records.append(rec)
             self._seqs.append(rec.seq)
+            if len(self._records) > MAX_RECORDS:  # in batches: one memmove per quarter, not per record
+                cut = MAX_RECORDS // 4
+                self._dropped_upto = self._seqs[cut - 1]
+                del self._records[:cut], self._seqs[:cut]
+                self._lost = [(a, b) for a, b in self._lost if b > self._dropped_upto]
             words = rec.text.split(None, 2)
             if len(words) >= 2 and words[0] == MARKER_PREFIX:
                 self._markers[words[1]] = rec.seq
@@ -189,18 +206,26 @@ class KmsgFollower:
             top = end_seq if end_seq is not None else (self._seqs[-1] if self._seqs else start_seq)
             lost = tuple((max(a, start_seq + 1), min(b, top - 1)) for a, b in self._lost
                          if b > start_seq and a < top)
-        return DmesgSlice(start_seq, end_seq, records, lost)
+            gone = self._dropped_upto
+            dropped = ((start_seq + 1, min(gone, top - 1)),) if gone is not None and gone > start_seq \
+                and start_seq + 1 <= min(gone, top - 1) else ()
+        return DmesgSlice(start_seq, end_seq, records, lost, dropped)
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
     def close(self, ended: bool = False) -> None:
-        """Stop following; `ended`: the reader was already signalled (wait for it to exit first)."""
+        """Stop following; `ended`: the reader was already signalled (wait for it to exit first).
+
+        The reader thread is stopped and joined before its channel closes: a channel must
+        never be closed while another thread reads it."""
         if self._proc is not None:
             try:
                 if ended:
                     self._proc.exit_status(5)
+                if self._thread is not None and not self._thread.stop(timeout=10):
+                    log.warning("%s: the kmsg reader thread did not stop within 10s", self.transport.name)
                 self._proc.kill()  # a no-op beyond closing when it has exited
             except TransportError as e:
                 log.warning("%s: could not end the kmsg reader: %s", self.transport.name, e)

@@ -12,6 +12,7 @@ set with `set --` and quoted with shlex, never spliced into the script.
 from __future__ import annotations
 
 import shlex
+import time
 import uuid
 
 from harness.errors import TransportError
@@ -33,9 +34,18 @@ class TargetShell:
         # The newline before the sentinel keeps it on a line of its own after output without one.
         self._proc.write(f"set -- {shlex.join(args)}\n{{ {script}\n}} 2>&1; printf '\\n%s %d\\n' {end} $?\n")
         lines: list[str] = []
+        deadline = time.monotonic() + timeout  # for the whole call, not per line
         try:
             while True:
-                line = self._proc.readline(timeout)
+                remaining = deadline - time.monotonic()
+                try:
+                    if remaining <= 0:
+                        raise TransportError("deadline passed")
+                    line = self._proc.readline(remaining)
+                except TransportError as e:
+                    if time.monotonic() < deadline:
+                        raise  # the shell ended or its channel died
+                    raise TransportError(f"{self.where}: evidence script did not finish within {timeout:g}s") from e
                 if line is None:
                     raise TransportError(f"{self.where}: the evidence shell ended")
                 if line.startswith(end + " "):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -47,14 +48,47 @@ class Holder:
 
 
 class Lease:
-    def __init__(self, proc: RemoteProcess, where: str, holder: Holder) -> None:
-        self._proc, self.where, self.holder = proc, where, holder
+    """A held lease. After the connection is replaced (a dropped link, a reboot), the flock
+    that the old connection held is gone: ensure() takes it again before anything else runs
+    on the host, and fails (so the target breaks) if another run took it meanwhile."""
+
+    def __init__(self, proc: RemoteProcess, transport: SshTransport, holder: Holder, lock_path: str,
+                 relock_wait_s: int = 60) -> None:
+        self._proc, self.transport, self.holder = proc, transport, holder
+        self.where, self.lock_path, self.relock_wait_s = transport.name, lock_path, relock_wait_s
+        self._released = False
 
     @property
     def held(self) -> bool:
-        return self._proc.alive
+        return not self._released and self._proc.alive
+
+    def ensure(self) -> None:
+        """Hold the lease again if the channel that held it died; LeaseError if someone else has it."""
+        if self._released or self._proc.alive:
+            return
+        log.warning("%s: the lease's SSH channel is gone (link dropped or host rebooted); retaking it", self.where)
+        try:
+            self._retake(0)
+        except LeaseBusy as e:
+            if e.holder != self.holder.__dict__:
+                raise LeaseError(f"{self.where}: lost the lease on {self.lock_path} while the link was down: "
+                                 f"{_describe_holder(e.holder, e.text)} holds it now. This run stops using "
+                                 "the host.") from None
+            # Our own old holder: the host has not yet noticed that its connection died.
+            try:
+                self._retake(self.relock_wait_s)
+            except LeaseBusy as e2:
+                raise LeaseError(f"{self.where}: could not retake the lease on {self.lock_path} within "
+                                 f"{self.relock_wait_s}s: {_describe_holder(e2.holder, e2.text)} holds it") from None
+        log.info("%s: lease retaken", self.where)
+
+    def _retake(self, wait_s: int) -> None:
+        self._proc = _take(self.transport, self.holder, self.lock_path, wait_s, 60)._proc
 
     def release(self) -> None:
+        self._released = True
+        if self.ensure in self.transport.reconnect_hooks:
+            self.transport.reconnect_hooks.remove(self.ensure)
         self._proc.close()
 
     def __enter__(self) -> Lease:
@@ -64,10 +98,47 @@ class Lease:
         self.release()
 
 
+class LeaseBusy(LeaseError):
+    """Someone holds the lease (holder: their record, or None if unreadable)."""
+
+    def __init__(self, message: str, holder: dict | None, text: str) -> None:
+        super().__init__(message)
+        self.holder, self.text = holder, text
+
+
 def acquire(transport: SshTransport, run_id: str, *, lock_path: str = DEFAULT_LOCK,
             wait_s: int = 0, timeout: float = 60) -> Lease:
-    """Take the host's lease, or raise LeaseError naming who holds it."""
-    holder = Holder.here(run_id)
+    """Take the host's lease, or raise LeaseError naming who holds it.
+
+    With wait_s, a waiting session that dies (the holder rebooted the host, which ends every
+    SSH session there) or a host that is down is waited out until the deadline. The lease is
+    then verified again after any reconnect of `transport` (Lease.ensure).
+    """
+    lease = _take(transport, Holder.here(run_id), lock_path, wait_s, timeout)
+    transport.reconnect_hooks.append(lease.ensure)
+    return lease
+
+
+def _take(transport: SshTransport, holder: Holder, lock_path: str, wait_s: int, timeout: float) -> Lease:
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = max(0, math.ceil(deadline - time.monotonic()))
+        try:
+            return _take_once(transport, holder, lock_path, left, timeout)
+        except (TransportError, _SessionLost) as e:
+            if time.monotonic() + 2 >= deadline:
+                if isinstance(e, _SessionLost):
+                    raise LeaseError(str(e)) from None
+                raise
+            log.info("%s: still waiting for the lease: %s", transport.name, e)
+            time.sleep(2)
+
+
+class _SessionLost(Exception):
+    """The session running the lease script ended without an exit status."""
+
+
+def _take_once(transport: SshTransport, holder: Holder, lock_path: str, wait_s: int, timeout: float) -> Lease:
     proc = transport.spawn(["sh", "-c", _SCRIPT, "sh", lock_path, json.dumps(holder.__dict__), str(int(wait_s))])
     try:
         first = proc.readline(timeout=timeout + wait_s)
@@ -76,22 +147,41 @@ def acquire(transport: SshTransport, run_id: str, *, lock_path: str = DEFAULT_LO
         raise
     if first == "LEASED":
         log.info("%s: lease taken (%s)", transport.name, lock_path)
-        return Lease(proc, transport.name, holder)
+        return Lease(proc, transport, holder, lock_path)
     rest = [first or ""]
-    while (line := proc.readline(timeout=10)) is not None:
-        rest.append(line)
+    try:
+        while (line := proc.readline(timeout=10)) is not None:
+            rest.append(line)
+    except TransportError:
+        pass
     status = proc.exit_status(timeout=10)
     proc.close()
+    text = " ".join(rest).strip()
     if status == _BUSY:
-        raise LeaseError(f"{transport.name} is leased by {_describe(' '.join(rest).strip())} "
-                         f"({lock_path}); wait for it (pytest --snp-lease-wait S, snp-harness boot --wait-lease S) "
-                       "or pick another host")
-    raise LeaseError(f"{transport.name}: cannot take the lease on {lock_path} (exit {status}): {' '.join(rest)}")
+        raise LeaseBusy(f"{transport.name} is leased by {_describe(text)} ({lock_path}); wait for it "
+                        "(pytest --snp-lease-wait S, snp-harness boot --wait-lease S) or pick another host",
+                        _parse(text), text)
+    if status is None or status < 0:
+        raise _SessionLost(f"{transport.name}: the session taking the lease on {lock_path} ended without an "
+                           f"exit status (host rebooting or link lost): {text}")
+    raise LeaseError(f"{transport.name}: cannot take the lease on {lock_path} (exit {status}): {text}")
+
+
+def _parse(text: str) -> dict | None:
+    try:
+        h = json.loads(text)
+    except ValueError:
+        return None
+    return h if isinstance(h, dict) else None
+
+
+def _describe_holder(holder: dict | None, text: str) -> str:
+    try:
+        return f"{holder['user']}@{holder['machine']} pid {holder['pid']} since {holder['started']} " \
+               f"(run {holder['run_id']})"
+    except (KeyError, TypeError):
+        return repr(text) if text else "an unknown holder"
 
 
 def _describe(text: str) -> str:
-    try:
-        h = json.loads(text)
-        return f"{h['user']}@{h['machine']} pid {h['pid']} since {h['started']} (run {h['run_id']})"
-    except (ValueError, KeyError, TypeError):
-        return repr(text) if text else "an unknown holder"
+    return _describe_holder(_parse(text), text)

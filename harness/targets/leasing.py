@@ -47,13 +47,11 @@ def held_target(config: HarnessConfig, target_id: str, *, run_id: str, wait_s: i
         if host is not None and not host.labgrid_place:
             from harness.targets.lease import acquire
 
-            leases.append(acquire(t.transport, run_id, lock_path=host.lease_file, wait_s=wait_s))
-
-            def relock() -> None:
-                # A reboot ends the SSH channel that held the flock: take it again at once. A run
-                # that slipped in meanwhile makes this a LeaseError naming it, never a shared host.
-                leases.pop().release()
-                leases.append(acquire(t.transport, run_id, lock_path=host.lease_file, wait_s=0))
-
-            t.after_boot.append(relock)
+            lease = acquire(t.transport, run_id, lock_path=host.lease_file, wait_s=wait_s)
+            leases.append(lease)
+            # A reboot or a dropped link ends the SSH channel that held the flock. The transport
+            # retakes it on reconnect (acquire registered that); after a boot it is checked once
+            # more. A run that slipped in meanwhile makes this a LeaseError naming it, and the
+            # target is broken: never a shared host.
+            t.after_boot.append(lease.ensure)
         yield t

@@ -82,9 +82,10 @@ class Transport(Protocol):
         """Start a long-lived command whose stdout is read line by line (a log follower)."""
         ...
 
-    def put(self, local: Path, remote: str) -> None: ...
+    def put(self, local: Path, remote: str, *, timeout: float = 1800) -> None:
+        """Copy a file to the target; TransportError if it does not finish within timeout."""
 
-    def get(self, remote: str, local: Path) -> None: ...
+    def get(self, remote: str, local: Path, *, timeout: float = 1800) -> None: ...
 
     def close(self) -> None: ...
 
@@ -107,16 +108,21 @@ class Process(Protocol):
     def kill(self) -> None: ...
 
 
+# A line longer than this is handed on in pieces: memory stays bounded whatever the target prints.
+MAX_LINE_BYTES = 1024 * 1024
+
+
 class LineReader:
     """readline() over a byte stream, for Process implementations: they say how to read.
 
     _read(wait) returns the bytes there are (b"" at EOF), or None when nothing came within
     `wait` seconds. Subclasses set `where` and `argv` (for the timeout message).
+    Each byte is scanned for a newline once, and the buffer never holds more than one
+    line (at most MAX_LINE_BYTES) plus one chunk.
     """
 
     where: str
     argv: tuple[str, ...]
-    _buf = b""
     _eof = False
 
     def _read(self, wait: float) -> bytes | None:
@@ -124,33 +130,74 @@ class LineReader:
 
     def readline(self, timeout: float) -> str | None:
         """The next stdout line, or None at EOF; TransportError if none comes in time."""
+        buf = self.__dict__.setdefault("_line_buf", bytearray())
+        scanned = self.__dict__.get("_line_scanned", 0)
         deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf and not self._eof:
+        while True:
+            end = buf.find(b"\n", scanned)
+            if end >= 0 or len(buf) >= MAX_LINE_BYTES:
+                cut = end if 0 <= end < MAX_LINE_BYTES else MAX_LINE_BYTES
+                line = bytes(buf[:cut])
+                del buf[:cut + 1 if cut == end else cut]
+                self._line_scanned = 0
+                return line.decode(errors="replace")
+            scanned = len(buf)
+            self._line_scanned = scanned
+            if self._eof:
+                if not buf:
+                    return None
+                line = bytes(buf)
+                buf.clear()
+                self._line_scanned = 0
+                return line.decode(errors="replace")
             remaining = deadline - time.monotonic()
             chunk = self._read(max(0.0, min(remaining, 0.5)))
             if chunk is not None:
-                self._buf += chunk
+                buf += chunk
                 self._eof = not chunk
             elif remaining <= 0:
                 raise TransportError(f"{self.where}: no output from {shlex.join(self.argv)} in {timeout:g}s")
-        if not self._buf:
-            return None
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode(errors="replace")
+
+
+class Follower:
+    """A thread reading a spawned command's lines; stop() ends and joins it, bounded."""
+
+    def __init__(self, proc: Process, run: Callable[[threading.Event], None], name: str) -> None:
+        self.proc = proc
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=run, args=(self._stop,), name=name, daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 10) -> bool:
+        """Ask the reader to stop and wait for it: call before its channel or connection closes,
+        so nothing is read from a channel while it is being closed. False if it did not stop."""
+        self._stop.set()
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
 
 
 def follow_lines(proc: Process, log_path: Path, on_line: Callable[[str], None],
-                 on_end: Callable[[str], None], name: str) -> threading.Thread:
+                 on_end: Callable[[str], None], name: str) -> Follower:
     """Read a spawned command's stdout on a thread: every line goes to log_path as it arrives
     (flushed: nothing read is lost if the harness dies) and then to on_line; on_end(reason)
-    is called once, at EOF or when the channel dies with the target."""
-    def run() -> None:
+    is called once, at EOF, when the channel dies with the target, or when stopped."""
+    def run(stop: threading.Event) -> None:
         with open(log_path, "a", encoding="utf-8", errors="replace") as out:
             while True:
-                try:
-                    line = proc.readline(timeout=3600)
+                stopping = stop.is_set()
+                try:  # once stopping, only what has arrived already is read, then the end
+                    line = proc.readline(timeout=0.0 if stopping else 1.0)
                 except TransportError:
-                    continue  # a quiet hour; keep waiting
+                    if stopping:
+                        on_end("reader stopped")
+                        return
+                    continue  # quiet; look at the stop flag again
                 except Exception as e:  # the channel died (target rebooted, link lost)
                     on_end(f"reader failed: {e}")
                     return
@@ -165,9 +212,7 @@ def follow_lines(proc: Process, log_path: Path, on_line: Callable[[str], None],
                     on_end(f"handling a line failed: {e}")
                     return
 
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    return thread
+    return Follower(proc, run, name)
 
 
 def check_argv(argv: Sequence[str]) -> tuple[str, ...]:

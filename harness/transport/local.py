@@ -73,10 +73,10 @@ class LocalTransport:
             raise CommandFailed(result, self.name)
         return result
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, *, timeout: float = 1800) -> None:  # noqa: ARG002 (a local copy cannot hang on a peer)
         self._copy(Path(local), Path(remote))
 
-    def get(self, remote: str, local: Path) -> None:
+    def get(self, remote: str, local: Path, *, timeout: float = 1800) -> None:  # noqa: ARG002
         self._copy(Path(remote), Path(local))
 
     def _copy(self, src: Path, dst: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import select
 import shlex
 import socket
 import threading
@@ -19,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 import paramiko
 
-from harness.errors import CommandFailed, CommandTimeout, ConfigError, TransportError
+from harness.errors import CommandFailed, CommandTimeout, ConfigError, HarnessError, TransportError
 from harness.transport.base import CommandResult, LineReader, OutputBuffer, Sink, check_argv, check_env
 from harness.transport.hostkeys import KnownHosts, host_id
 
@@ -37,14 +36,26 @@ _KILL_SCRIPT = (
 )
 _PID_MARK = re.compile(rb"(?:^|\n)snp-harness-pid:(\d+)\n")  # a login script may print before it
 _WINDOW = 16 * 1024 * 1024  # large window: bulk output and sftp are not throttled
+_POLL_S = 0.05  # how late stderr-only output may be seen while stdout is quiet
+_CLOSE_WAIT_S = 10.0
+# sftp: one request unanswered this long means a hung sftp-server or a dead link.
+SFTP_REQUEST_TIMEOUT_S = 60.0
 
 
-def remote_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
-    """The string the remote login shell runs for argv (every word quoted)."""
+def remote_command(argv: Sequence[str], env: Mapping[str, str] | None = None, *, replace: bool = True) -> str:
+    """The string the remote login shell runs for argv (every word quoted).
+
+    replace=False keeps the shell as the command's parent, so a command killed by a signal
+    exits 128+N. sshd would report it as an exit-signal, which paramiko drops: the status
+    would read -1, the same as a channel that died with its connection.
+    """
     words = list(argv)
     if env:
         words = ["env", "--", *(f"{k}={v}" for k, v in env.items()), *words]
-    return f"printf 'snp-harness-pid:%d\\n' $$ >&2; exec {shlex.join(words)}"
+    if replace:
+        return f"printf 'snp-harness-pid:%d\\n' $$ >&2; exec {shlex.join(words)}"
+    # The trailing `exit` keeps bash and dash from exec'ing the last command themselves.
+    return f"printf 'snp-harness-pid:%d\\n' $$ >&2; {shlex.join(words)}; exit $?"
 
 
 class SshTransport:
@@ -77,6 +88,13 @@ class SshTransport:
         self._lock = threading.Lock()
         self._t: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._connected = False  # a connection was made once: the next one is a reconnect
+        # Run after every reconnect, before the command that needed it (a lease is retaken).
+        # One that raises leaves the transport unusable: `broken` holds why.
+        self.reconnect_hooks: list[Callable[[], None]] = []
+        self.broken: HarnessError | None = None
+        self._hooks_running = threading.local()
+        self.sftp_request_timeout_s = SFTP_REQUEST_TIMEOUT_S
 
     @classmethod
     def from_host(cls, host, *, trust_new_host_key: bool = False) -> SshTransport:
@@ -101,23 +119,23 @@ class SshTransport:
     def _open_transport(self) -> paramiko.Transport:
         where = f"{self.name} ({self.user}@{self.address}:{self.port})"
         sock = self._socket(where)
-        t = paramiko.Transport(sock, default_window_size=_WINDOW)
-        t.banner_timeout = t.handshake_timeout = t.auth_timeout = self.connect_timeout
-        known = self.known_hosts.keys_for(self.hostid)
-        if known:  # ask for the key type we have on record, as OpenSSH does
-            opts = t.get_security_options()
-            mine = [k.get_name() for k in known]
-            opts.key_types = [*mine, *(k for k in opts.key_types if k not in mine)]
+        t = None
         try:
+            t = paramiko.Transport(sock, default_window_size=_WINDOW)
+            t.banner_timeout = t.handshake_timeout = t.auth_timeout = self.connect_timeout
+            opts = t.get_security_options()
+            # The recorded key types first, as OpenSSH does (ssh-rsa is negotiated as rsa-sha2-*).
+            opts.key_types = self.known_hosts.host_key_algorithms(self.hostid, opts.key_types)
             t.start_client(timeout=self.connect_timeout)
             self.known_hosts.verify(self.name, self.hostid, t.get_remote_server_key(),
                                     trust_new=self.trust_new_host_key)
             self._authenticate(t, where)
-        except paramiko.SSHException as e:
-            t.close()
-            raise TransportError(f"{where}: SSH handshake failed: {e}") from e
-        except BaseException:
-            t.close()
+        except BaseException as e:
+            if t is not None:
+                t.close()
+            sock.close()  # t.close() leaves it open if the handshake never started
+            if isinstance(e, (paramiko.SSHException, OSError, EOFError)):
+                raise TransportError(f"{where}: SSH handshake failed: {e}") from e
             raise
         t.set_keepalive(self.keepalive_s)
         log.debug("%s: connected", where)
@@ -137,6 +155,7 @@ class SshTransport:
             raise TransportError(f"{where}: cannot connect: {e}. Is the host up and sshd listening?") from e
         # Nagle would add ~40 ms to every small request/response turn.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _dead_peer_detection(sock, self.keepalive_s)
         return sock
 
     def _authenticate(self, t: paramiko.Transport, where: str) -> None:
@@ -170,22 +189,45 @@ class SshTransport:
     def _transport(self) -> paramiko.Transport:
         """The live connection; reconnects if the previous one is gone.
 
-        Safe only before a command starts: nothing in flight is re-run.
+        Safe only before a command starts: nothing in flight is re-run. After a reconnect the
+        reconnect hooks run before the caller's command, so what the old connection held (the
+        host's lease) is verified or retaken first.
         """
+        reconnected = False
         with self._lock:
+            if self.broken is not None:
+                raise type(self.broken)(f"{self.name} is unusable: {self.broken}")
             if self._t is None or not self._t.is_active():
                 if self._t is not None:
                     log.info("%s: connection lost, reconnecting", self.name)
                 self._drop()
                 self._t = self._open_transport()
-            return self._t
+                reconnected, self._connected = self._connected, True
+            t = self._t
+        if reconnected and self.reconnect_hooks and not getattr(self._hooks_running, "on", False):
+            self._hooks_running.on = True
+            try:
+                for hook in list(self.reconnect_hooks):
+                    hook()
+            except HarnessError as e:
+                self.broken = e
+                self.close()
+                raise
+            finally:
+                self._hooks_running.on = False
+        return t
 
     def _drop(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-        if self._t is not None:
-            self._t.close()
-        self._sftp = self._t = None
+        """Close the connection, bounded: a transport thread that does not stop is left behind."""
+        sftp, t, self._sftp, self._t = self._sftp, self._t, None, None
+        if sftp is None and t is None:
+            return
+        closer = threading.Thread(target=_close_quietly, args=(sftp, t), name=f"close {self.name}", daemon=True)
+        closer.start()
+        closer.join(_CLOSE_WAIT_S)
+        if closer.is_alive():
+            log.warning("%s: the SSH connection did not close within %gs; left to close in the background",
+                        self.name, _CLOSE_WAIT_S)
 
     def _open_channel(self) -> tuple[paramiko.Transport, paramiko.Channel]:
         """A session channel. A link found dead here is replaced once: nothing was sent yet."""
@@ -237,7 +279,7 @@ class SshTransport:
         sink: Sink | None = None,
     ) -> CommandResult:
         argv = check_argv(argv)
-        command = remote_command(argv, check_env(env))
+        command = remote_command(argv, check_env(env), replace=False)
         t, chan = self._open_channel()
         start = time.monotonic()
         try:
@@ -257,9 +299,10 @@ class SshTransport:
         if status is None:
             self._end_remote(pid)
             raise CommandTimeout(out.result(argv, -1, duration), timeout, self.name)
-        if status == -1 and not t.is_active():
+        if status == -1:  # no exit status: the channel or the connection died under the command
+            why = "connection dropped" if not t.is_active() else "channel closed without an exit status"
             raise TransportError(
-                f"{self.name}: connection dropped while running {shlex.join(argv)}; "
+                f"{self.name}: {why} while running {shlex.join(argv)}; "
                 f"it may have run in part and is not retried\n{out.result(argv, -1, duration).tail()}".rstrip()
             )
         result = out.result(argv, status, duration)
@@ -304,7 +347,11 @@ class SshTransport:
             if drained and chan.eof_received:
                 chan.status_event.wait(min(remaining, 0.5))
             else:
-                select.select([chan], [], [], min(remaining, 0.5))
+                # Never select() on a channel: fileno() gives it paramiko's event pipe, whose
+                # clear() can block forever in os.read when the channel closes under a reader.
+                chunk = _recv(chan, min(remaining, _POLL_S))
+                if chunk:
+                    out.feed("stdout", chunk)
 
     def spawn(self, argv: Sequence[str]) -> RemoteProcess:
         """Start a long-lived command on its own channel (a lease holder, a console reader)."""
@@ -333,25 +380,100 @@ class SshTransport:
         t = self._transport()
         with self._lock:
             if self._sftp is None:
-                self._sftp = paramiko.SFTPClient.from_transport(t)
+                # A timeout on the channel before the version exchange: a hung sftp-server
+                # (or a dead link) is an error after SFTP_REQUEST_TIMEOUT_S, never a hang.
+                chan = t.open_session(timeout=self.connect_timeout)
+                chan.settimeout(self.sftp_request_timeout_s)
+                chan.invoke_subsystem("sftp")
+                self._sftp = paramiko.SFTPClient(chan)
             return self._sftp
 
-    def put(self, local: Path, remote: str) -> None:
-        try:
-            self._sftp_client().put(str(local), remote)
-        except (OSError, paramiko.SSHException, EOFError) as e:
-            raise TransportError(f"{self.name}: uploading {local} to {remote} failed: {e}") from e
+    def _transfer(self, what: str, timeout: float, do: Callable[[paramiko.SFTPClient, Callable], object]) -> None:
+        deadline = time.monotonic() + timeout
 
-    def get(self, remote: str, local: Path) -> None:
+        def progress(_done: int, _total: int) -> None:
+            if time.monotonic() > deadline:
+                raise _TransferTimeout()
+
         try:
-            self._sftp_client().get(remote, str(local))
+            do(self._sftp_client(), progress)
+        except _TransferTimeout:
+            self._forget_sftp()
+            raise TransportError(f"{self.name}: {what} did not finish within {timeout:g}s") from None
+        except socket.timeout:
+            self._forget_sftp()
+            raise TransportError(f"{self.name}: {what}: no answer from the sftp server within "
+                                 f"{self.sftp_request_timeout_s:g}s (hung sftp-server or dead link)") from None
         except (OSError, paramiko.SSHException, EOFError) as e:
-            raise TransportError(f"{self.name}: downloading {remote} to {local} failed: {e}") from e
+            raise TransportError(f"{self.name}: {what} failed: {e}") from e
+
+    def _forget_sftp(self) -> None:
+        """An sftp session a request timed out on is out of step: never reuse it."""
+        with self._lock:
+            sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            _close_quietly(sftp, None)
+
+    def put(self, local: Path, remote: str, *, timeout: float = 1800) -> None:
+        self._transfer(f"uploading {local} to {remote}", timeout,
+                       lambda c, cb: c.put(str(local), remote, callback=cb))
+
+    def get(self, remote: str, local: Path, *, timeout: float = 1800) -> None:
+        self._transfer(f"downloading {remote} to {local}", timeout,
+                       lambda c, cb: c.get(remote, str(local), callback=cb))
+
+
+class _TransferTimeout(Exception):
+    pass
+
+
+def _recv(chan: paramiko.Channel, wait: float) -> bytes | None:
+    """stdout bytes (b"" at EOF), or None when none came within `wait` seconds."""
+    try:
+        chan.settimeout(max(wait, 0.0))
+        return chan.recv(65536)
+    except socket.timeout:
+        return None
+    except (OSError, EOFError, paramiko.SSHException):
+        return b""  # the channel is gone: that is its end
+
+
+def _send_all(chan: paramiko.Channel, data: bytes) -> None:
+    """sendall that outlives the short timeout _recv sets on the channel (one timeout per
+    channel, shared by both directions): a full window is waited out, a closed channel raises."""
+    sent = 0
+    while sent < len(data):
+        try:
+            n = chan.send(data[sent:sent + 1024 * 1024])
+        except socket.timeout:
+            n = None
+        if n == 0 or (n is None and chan.closed):
+            raise OSError("channel closed")
+        sent += n or 0
+
+
+def _close_quietly(sftp, t) -> None:
+    for part in (sftp, t):
+        try:
+            if part is not None:
+                part.close()
+        except Exception as e:  # closing a dead link: nothing left to save
+            log.debug("closing %r: %s", part, e)
+
+
+def _dead_peer_detection(sock: socket.socket, keepalive_s: int) -> None:
+    """Notice a dead peer in about a minute, not TCP's ~15: keepalive probes while idle, and
+    TCP_USER_TIMEOUT for data that is never acknowledged (paramiko's keepalive only sends)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (("TCP_KEEPIDLE", keepalive_s), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6),
+                       ("TCP_USER_TIMEOUT", (keepalive_s + 60) * 1000)):
+        if hasattr(socket, opt):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
 
 
 def _send_stdin(chan: paramiko.Channel, data: bytes) -> None:
     try:
-        chan.sendall(data)
+        _send_all(chan, data)
         chan.shutdown_write()
     except (OSError, paramiko.SSHException, EOFError):
         pass  # the command exited or the channel closed; the reader reports that
@@ -369,16 +491,16 @@ class RemoteProcess(LineReader):
 
     def _read(self, wait: float) -> bytes | None:
         chan = self._chan
-        if not (chan.recv_ready() or chan.eof_received or chan.closed):
-            select.select([chan], [], [], wait)
         if chan.recv_ready():  # data still buffered after EOF is read first
-            return chan.recv(4096)
-        return b"" if chan.eof_received or chan.closed else None
+            return chan.recv(65536)
+        if chan.eof_received or chan.closed:
+            return b""
+        return _recv(chan, wait)
 
     def write(self, data: str) -> None:
         """Send to the command's stdin."""
         try:
-            self._chan.sendall(data.encode())
+            _send_all(self._chan, data.encode())
         except (OSError, paramiko.SSHException, EOFError) as e:
             raise TransportError(f"{self.where}: writing to {shlex.join(self.argv)} failed: {e}") from e
 
