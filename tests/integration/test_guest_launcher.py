@@ -12,17 +12,20 @@ import pytest
 
 from harness.targets.guest import GUEST_READY, Guest, GuestConfig, build_guest_image
 from harness.targets.qemu import QemuConfig, QemuTarget
+from harness.testing.slowness import scaled
 
 pytestmark = pytest.mark.slow
 
 
 def assert_no_qemu_left(l1) -> None:
-    for _ in range(50):
+    deadline = time.monotonic() + scaled(20)
+    while True:
         ps = l1.transport.run(["ps"], timeout=60).stdout
         if "qemu-system" not in ps:
             return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"a QEMU is still running in the L1:\n{ps}")
         time.sleep(0.2)
-    raise AssertionError(f"a QEMU is still running in the L1:\n{ps}")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def l1(kernel_build, tmp_path_factory):
 
 def test_plain_l2_boots_answers_ssh_through_the_l1_and_ends(l1, kernel_build, tmp_path):
     image = build_guest_image(kernel_build, tmp_path / "image")
-    guest = Guest(l1, tmp_path / "guest", GuestConfig(boot_timeout_s=240))
+    guest = Guest(l1, tmp_path / "guest", GuestConfig(boot_timeout_s=scaled(240)))
     start = time.monotonic()
     try:
         guest.boot(kernel_build.bzimage, image)
@@ -57,7 +60,7 @@ def test_a_guest_that_panics_is_a_boot_error_and_leaves_nothing_behind(l1, kerne
     from harness.errors import BootError
 
     image = build_guest_image(kernel_build, tmp_path / "image")
-    cfg = GuestConfig(boot_timeout_s=240, cmdline=(*GuestConfig().cmdline, "rdinit=/snp-harness-no-such-init",
+    cfg = GuestConfig(boot_timeout_s=scaled(240), cmdline=(*GuestConfig().cmdline, "rdinit=/snp-harness-no-such-init",
                                                    "init=/snp-harness-no-such-init"))
     guest = Guest(l1, tmp_path / "guest", cfg)
     try:
