@@ -30,25 +30,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def keygen(path: Path) -> Path:
-    """A new ed25519 key pair at path / path.pub (replaces any old one)."""
+def keygen(path: Path, kind: str = "ed25519") -> Path:
+    """A new key pair (ed25519 unless kind says otherwise) at path / path.pub (replaces any old one)."""
     for p in (path, path.with_suffix(".pub")):
         p.unlink(missing_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "snp-harness-test", "-f", str(path)],
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "snp-harness-test", "-f", str(path)],
                    check=True, stdout=subprocess.DEVNULL)
     return path
 
 
 class LoopbackSshd:
-    def __init__(self, workdir: Path, user: str | None = None) -> None:
+    def __init__(self, workdir: Path, user: str | None = None, *, rsa_host_key: bool = False) -> None:
         self.workdir = Path(workdir)
         self.user = user or getpass.getuser()
         self.port = free_port()
         self.host_key = self.workdir / "ssh_host_ed25519_key"
+        # A second host key, for clients that ask for ssh-rsa (what ssh-keyscan records first).
+        self.rsa_host_key = self.workdir / "ssh_host_rsa_key" if rsa_host_key else None
         self.client_key = self.workdir / "id_ed25519"
         self.config = self.workdir / "sshd_config"
         self.log = self.workdir / "sshd.log"
         self.proc: subprocess.Popen | None = None
+        self.sftp_server = SFTP_SERVER  # a test may point it elsewhere (a hung server)
 
     @staticmethod
     def available() -> str | None:
@@ -63,13 +66,16 @@ class LoopbackSshd:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.host_key.exists():
             keygen(self.host_key)
+        if self.rsa_host_key is not None and not self.rsa_host_key.exists():
+            keygen(self.rsa_host_key, "rsa")
         if not self.client_key.exists():
             keygen(self.client_key)
         authorized = self.workdir / "authorized_keys"
         authorized.write_text(self.client_key.with_suffix(".pub").read_text())
         authorized.chmod(0o600)
         self.config.write_text(_CONFIG.format(
-            port=self.port, host_key=self.host_key, authorized=authorized, user=self.user, sftp=SFTP_SERVER,
+            port=self.port, authorized=authorized, user=self.user, sftp=self.sftp_server,
+            host_keys="\n".join(f"HostKey {k}" for k in (self.host_key, self.rsa_host_key) if k is not None),
         ))
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
@@ -158,7 +164,7 @@ def _signal(pid: int, sig: int) -> None:
 _CONFIG = """\
 ListenAddress 127.0.0.1
 Port {port}
-HostKey {host_key}
+{host_keys}
 PidFile none
 AuthorizedKeysFile {authorized}
 AllowUsers {user}

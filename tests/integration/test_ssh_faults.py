@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
+from pathlib import Path
 
+import paramiko
 import pytest
 
 from harness.errors import ConfigError, HostKeyError, TransportError
-from harness.testing.sshd import keygen
-from harness.transport.hostkeys import KnownHosts, fingerprint, host_id
+from harness.testing.sshd import LoopbackSshd, keygen
+from harness.transport.hostkeys import KnownHosts, fingerprint, host_id, parse_public_key
 from harness.transport.ssh import SshTransport
 
 from conftest import enrolled_transport
@@ -137,3 +141,64 @@ def test_unreachable_host_is_a_transport_error(tmp_path):
                      identity_file=tmp_path / "id", connect_timeout=3)
     with pytest.raises(TransportError, match=r"ssh://nowhere .*cannot connect"):
         t.run(["true"], timeout=30)
+
+
+@pytest.fixture
+def rsa_sshd(tmp_path):
+    """An sshd with an ed25519 and an ssh-rsa host key."""
+    server = LoopbackSshd(tmp_path / "rsa-sshd", rsa_host_key=True).start()
+    yield server
+    server.stop()
+
+
+def _keyscan_rsa(server) -> str:
+    """What `ssh-keyscan` records for the server's rsa key: "[127.0.0.1]:PORT ssh-rsa AAAA..."."""
+    out = subprocess.run(["ssh-keyscan", "-T", "10", "-t", "rsa", "-p", str(server.port), "127.0.0.1"],
+                         check=True, capture_output=True, text=True).stdout
+    assert out.split()[:2] == [f"[127.0.0.1]:{server.port}", "ssh-rsa"], out
+    return out
+
+
+def _sockets_to(port: int) -> int:
+    """How many of this process's open sockets are connected to 127.0.0.1:port."""
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            mine.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the fd listdir itself used
+            pass
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for r in rows if r.split()[2] == f"0100007F:{port:04X}" and f"socket:[{r.split()[9]}]" in mine)
+
+
+def test_ssh_rsa_entry_from_keyscan_connects(rsa_sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text(_keyscan_rsa(rsa_sshd))
+    t = _transport(rsa_sshd, known)
+    assert t.run(["true"], timeout=30).ok
+    t.close()
+
+
+def test_changed_rsa_key_is_a_clean_error_and_leaks_no_socket(rsa_sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    offered = parse_public_key(_keyscan_rsa(rsa_sshd).split(None, 1)[1])
+    other = paramiko.RSAKey.generate(2048)
+    known.write_text(f"[127.0.0.1]:{rsa_sshd.port} ssh-rsa {other.get_base64()}\n")
+    t = _transport(rsa_sshd, known, trust_new_host_key=True)
+    with pytest.raises(HostKeyError) as e:
+        t.run(["true"], timeout=30)
+    msg = str(e.value)
+    # The rsa key was asked for (not the ed25519 one), and found to differ.
+    assert "HOST KEY CHANGED" in msg and fingerprint(offered) in msg and fingerprint(other) in msg
+    assert f"{known} line 1" in msg
+    assert _sockets_to(rsa_sshd.port) == 0
+    assert known.read_text() == f"[127.0.0.1]:{rsa_sshd.port} ssh-rsa {other.get_base64()}\n"
+
+
+def test_unreadable_known_hosts_is_a_clean_error_and_leaks_no_socket(private_sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.mkdir()  # read after the socket is open, before the handshake
+    t = _transport(private_sshd, known)
+    with pytest.raises(HostKeyError, match="cannot read known_hosts"):
+        t.connect()
+    assert _sockets_to(private_sshd.port) == 0
