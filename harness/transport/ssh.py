@@ -256,15 +256,21 @@ class SshTransport:
             sock = socket.create_connection((self.address, self.port), timeout=self.connect_timeout)
         except OSError as e:
             raise TransportError(f"{self.name}: cannot connect to {self.address}:{self.port}: {e}") from e
-        t = paramiko.Transport(sock)
-        t.banner_timeout = t.handshake_timeout = self.connect_timeout
+        t = None
         try:
+            t = paramiko.Transport(sock)
+            t.banner_timeout = t.handshake_timeout = self.connect_timeout
+            # The recorded key types first, as a connection asks: `trust` compares like with like.
+            opts = t.get_security_options()
+            opts.key_types = self.known_hosts.host_key_algorithms(self.hostid, opts.key_types)
             t.start_client(timeout=self.connect_timeout)
             return t.get_remote_server_key()
-        except paramiko.SSHException as e:
+        except (paramiko.SSHException, OSError, EOFError) as e:
             raise TransportError(f"{self.name}: SSH handshake failed: {e}") from e
         finally:
-            t.close()
+            if t is not None:
+                t.close()
+            sock.close()
 
     # -- commands ----------------------------------------------------------
 

@@ -179,6 +179,16 @@ def test_ssh_rsa_entry_from_keyscan_connects(rsa_sshd, tmp_path):
     t.close()
 
 
+def test_trust_reads_the_key_type_on_record(rsa_sshd, tmp_path):
+    """`trust` fetches the key without a connection: it must ask for the recorded type too,
+    or an ssh-rsa entry of a host that also has ed25519 reads as changed."""
+    known = tmp_path / "known_hosts"
+    known.write_text(_keyscan_rsa(rsa_sshd))
+    offered = _transport(rsa_sshd, known).host_key()
+    assert offered.get_name() == "ssh-rsa"
+    assert offered == parse_public_key(_keyscan_rsa(rsa_sshd).split(None, 1)[1])
+
+
 def test_changed_rsa_key_is_a_clean_error_and_leaks_no_socket(rsa_sshd, tmp_path):
     known = tmp_path / "known_hosts"
     offered = parse_public_key(_keyscan_rsa(rsa_sshd).split(None, 1)[1])
