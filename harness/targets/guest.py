@@ -14,6 +14,7 @@ ended by its PID on the target.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import re
@@ -28,6 +29,7 @@ from harness.transport.base import follow_lines
 log = logging.getLogger(__name__)
 
 GUEST_READY = "SNP-HARNESS-GUEST-READY"
+CONSOLE_TAIL_LINES = 400
 SNP_ACTIVE = "Memory Encryption Features active: AMD SEV SEV-ES SEV-SNP"
 # CPUID 0x8000001F through the cpuid driver: the file offset is the leaf; 16 bytes are eax..edx.
 CPUID_SCRIPT = ("dd if=/dev/cpu/0/cpuid bs=16 count=1 skip=2147483679 iflag=skip_bytes 2>/dev/null "
@@ -126,10 +128,10 @@ WORKLOAD_MODULE = "/lib/modules/gmem_conv_workload.ko"
 def build_guest_image(build, workdir: Path) -> GuestImage:
     """The same builder as the QEMU target's: busybox, dropbear, the build's selftests, and the
     workload's module when the kernel has module support."""
-    from harness.targets.initramfs import InitramfsSpec, build_initramfs, generate_host_key
+    from harness.targets.initramfs import InitramfsSpec, build_initramfs, generate_host_key, private_dir
     from harness.testing.sshd import keygen
 
-    workdir.mkdir(parents=True, exist_ok=True)
+    private_dir(workdir)  # the client key, the guest's host key, and the image holding it
     key = workdir / "id_ed25519"
     if not key.exists():
         keygen(key)
@@ -153,9 +155,13 @@ class Guest:
     transport: object = None
     console_log: Path | None = None
     _proc: object = None
-    _lines: list[str] = field(default_factory=list)
+    # The console's last lines only (all of it is in console.log): memory stays bounded.
+    _lines: collections.deque = field(default_factory=lambda: collections.deque(maxlen=CONSOLE_TAIL_LINES))
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _ended: bool = False
+    _ready: bool = False
+    _panic: str | None = None  # the console line that says the guest kernel died
+    _follower: object = None
     _remote: str | None = None  # the upload directory on the target
     clean_exit: bool | None = None  # after close(): QEMU exited after the guest powered off
 
@@ -171,8 +177,9 @@ class Guest:
 
         t = self.host.transport
         self.workdir.mkdir(parents=True, exist_ok=True)
-        remote = f"/tmp/snp-harness-{self.name}-{random.randrange(1 << 32):08x}"
-        t.run(["mkdir", "-p", remote], timeout=60)
+        # mktemp -d: a new 0700 directory, never one another user made first (the initramfs holds a key).
+        remote = t.run(["mktemp", "-d", f"/tmp/snp-harness-{self.name}.XXXXXXXX"], timeout=60).stdout.strip()
+        self._remote = remote
         t.put(kernel, f"{remote}/bzImage")
         t.put(image.initrd, f"{remote}/initramfs.cpio.gz")
         sev = self._snp_preflight() if self.cfg.snp else None
@@ -184,7 +191,7 @@ class Guest:
         self._remote = remote
         # QEMU's own errors (a bad SNP option, KVM_SEV_* failures) go to the console log too.
         self._proc = t.spawn(["sh", "-c", 'exec "$@" 2>&1', "sh", *argv])
-        follow_lines(self._proc, self.console_log, self._line, self._end, f"{self.name} console")
+        self._follower = follow_lines(self._proc, self.console_log, self._line, self._end, f"{self.name} console")
         self._wait_ready()
         known = self.workdir / "known_hosts"
         KnownHosts(known).add(host_id("127.0.0.1", port), parse_public_key(image.host_key_pub))
@@ -209,6 +216,10 @@ class Guest:
     def _line(self, line: str) -> None:
         with self._cond:
             self._lines.append(line)
+            if GUEST_READY in line:
+                self._ready = True
+            elif self._panic is None and _PANIC.search(line):
+                self._panic = line
             self._cond.notify_all()
 
     def _end(self, _why: str) -> None:
@@ -218,19 +229,16 @@ class Guest:
 
     def console_tail(self, lines: int = 40) -> str:
         with self._cond:
-            return "\n".join(self._lines[-lines:])
+            return "\n".join(list(self._lines)[-lines:])
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.cfg.boot_timeout_s
-        seen = 0
         with self._cond:
             while True:
-                for line in self._lines[seen:]:
-                    if GUEST_READY in line:
-                        return
-                    if _PANIC.search(line):
-                        raise BootError(f"{self.name} on {self.host.name} panicked while booting", self.console_tail())
-                seen = len(self._lines)
+                if self._ready:
+                    return
+                if self._panic is not None:
+                    raise BootError(f"{self.name} on {self.host.name} panicked while booting", self.console_tail())
                 if self._ended:
                     raise BootError(f"{self.name}: QEMU on {self.host.name} exited before the guest was up "
                                     f"({' '.join(self.cfg.cmdline)})", self.console_tail())
@@ -262,6 +270,8 @@ class Guest:
         if self._proc is not None:
             proc, self._proc = self._proc, None
             self.clean_exit = asked and proc.exit_status(grace_s) is not None
+            if self._follower is not None and not self._follower.stop(timeout=10):
+                log.warning("%s: the console reader did not stop within 10s", self.name)
             proc.kill()  # a no-op beyond the channel when QEMU exited; else QEMU by its PID (spawn execs it)
         if self._remote is not None:
             remote, self._remote = self._remote, None

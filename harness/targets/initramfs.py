@@ -196,9 +196,21 @@ def host_key_public_line(key: bytes) -> str:
     return "ssh-ed25519 " + base64.b64encode(blob).decode()
 
 
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only its owner can enter (0700): it holds private keys, or images with them."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot make it private (mode 0700) for keys and images: {e}") from e
+    return path
+
+
 def generate_host_key(workdir: Path) -> tuple[bytes, str]:
     """A fresh dropbear ed25519 host key: (private key in dropbear format, 'ssh-ed25519 AAAA...')."""
-    Path(workdir).mkdir(parents=True, exist_ok=True)
+    private_dir(workdir)
     with tempfile.TemporaryDirectory(prefix=".hostkey-", dir=workdir) as tmp:
         keyfile = Path(tmp, "dropbear_ed25519_host_key")
         made = _run([DROPBEARKEY, "-t", "ed25519", "-f", keyfile])
@@ -324,7 +336,7 @@ def build_initramfs(spec: InitramfsSpec, dest: Path) -> InitramfsInfo:
     absent = [str(src) for src, _ in binaries if not src.is_file()]
     if absent:
         raise ConfigError(f"initramfs: missing on this host: {', '.join(absent)} (see ci/bootstrap)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dest.parent)  # the image holds the host's private key
     with tempfile.TemporaryDirectory(prefix=".initramfs-", dir=dest.parent) as tmp:  # same file system as dest
         tmp_out = Path(tmp, "image.cpio.gz")
         selftests = _unpack(spec.selftests_tar, Path(tmp, "selftests")) if spec.selftests_tar else []
@@ -332,7 +344,8 @@ def build_initramfs(spec: InitramfsSpec, dest: Path) -> InitramfsInfo:
         libs = libraries_for_all([src for src, _ in binaries] + elves)
         applets = _busybox_applets(spec.busybox)
         try:
-            with open(tmp_out, "wb") as raw, \
+            # 0600 from the start: never readable by others, not even for a moment.
+            with os.fdopen(os.open(tmp_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as raw, \
                     gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as gz:
                 w = CpioWriter(gz)
                 _write_base(w, spec, script)
