@@ -26,7 +26,8 @@ from harness.errors import (BootError, BootTimeout, ConfigError, HarnessError, H
 from harness.redact import redact_argv, scrub
 from harness.targets.base import ProbedTarget
 from harness.targets.kernel_cmdline import KernelArg, grub_linux_args, next_cmdline, next_cmdline_args
-from harness.targets.staging import UNPACK_SCRIPT, make_stage_dir, remote_digests, sha256_file
+from harness.targets.staging import (KEEP_STAGED, PRUNE_SCRIPT, UNPACK_SCRIPT, make_stage_dir, remote_digests,
+                                     sha256_file)
 from harness.transport import boot_id
 from harness.transport.local import stop_process
 from harness.transport.ssh import SshTransport
@@ -128,6 +129,9 @@ class HostTarget(ProbedTarget):
         t.run(["sh", "-c", UNPACK_SCRIPT, "sh", installed["selftests.tar.gz"], f"{remote}/selftests"],
               timeout=600)
         self.selftests_dir = f"{remote}/selftests"
+        # /var/lib is never cleaned for us: older staged builds go, the newest few stay.
+        t.run(["sh", "-c", PRUNE_SCRIPT, "sh", remote.rsplit("/", 1)[0], build.key, str(KEEP_STAGED)],
+              timeout=300, check=False)
         self._caps = None  # the probe can run now
         self._key = build.key
         self._version = bzimage_version(build.bzimage.read_bytes())

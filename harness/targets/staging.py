@@ -60,6 +60,19 @@ for c do
 done
 chmod 700 -- "$p" || refuse "could not be made private (chmod 700)"
 """
+# $1 the stage root, $2 the build being installed, $3 how many other builds to keep (newest
+# first). Only build-key names (hex) are touched; a stage root is ours (the stage script said so).
+PRUNE_SCRIPT = r"""
+cd -- "$1" || exit 0
+n=0
+for d in $(ls -1t); do
+	case $d in *[!0-9a-f]* | "$2") continue ;; esac
+	n=$((n + 1))
+	[ "$n" -le "$3" ] || rm -rf -- "$d"
+done
+"""
+KEEP_STAGED = 3  # other builds kept staged on a host: a bisect's neighbours stay, /var/lib does not fill
+
 # $1 tarball, $2 directory: a fresh root-only directory; files owned by us, not the tarball's uids.
 UNPACK_SCRIPT = 'rm -rf -- "$2" && mkdir -m 700 -- "$2" && tar -x -o -z -f "$1" -C "$2" && chmod 700 -- "$2"'
 

@@ -51,3 +51,20 @@ def test_sha256sum_output():
     a, b = "ab" * 32, "cd" * 32
     text = f"{a}  /s/bzImage\n{b} */s/initrd\nsha256sum: /s/x: No such file or directory\n"
     assert parse_sha256sum(text) == {"/s/bzImage": a, "/s/initrd": b}
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_prune_keeps_the_build_being_installed_and_the_newest_others(shell, tmp_path):
+    from harness.targets.staging import PRUNE_SCRIPT
+
+    names = [f"{i:024x}" for i in range(6)]
+    for age, name in enumerate(names):  # names[0] is the newest
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bzImage").write_text("x")
+        os.utime(tmp_path / name, (1_700_000_000 - age * 60,) * 2)
+    (tmp_path / "not-a-build").mkdir()
+    current = names[5]  # the oldest, but it is the one being installed
+    r = subprocess.run([*shell, "-c", PRUNE_SCRIPT, "sh", str(tmp_path), current, "2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], names[1], current, "not-a-build"])
