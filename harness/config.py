@@ -17,15 +17,17 @@ import logging
 import math
 import os
 import re
+import shlex
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from harness import redact
 from harness.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,9 @@ class HostConfig:
     user: str = "root"
     identity_file: Path | None = None
     boot_method: BootMethod = BootMethod.KEXEC
-    power_cycle: tuple[str, ...] = ()  # argv; empty: no power control
-    console: tuple[str, ...] = ()  # argv; empty: no console capture
+    # argvs that may hold a BMC password: registered with harness.redact, and left out of repr()
+    power_cycle: tuple[str, ...] = field(default=(), repr=False)  # empty: no power control
+    console: tuple[str, ...] = field(default=(), repr=False)  # empty: no console capture
     tags: tuple[str, ...] = ()
     connect_timeout: float = 15.0
     guest: GuestHostConfig = GuestHostConfig()
@@ -192,8 +195,8 @@ def _build(path: Path | None, data: dict[str, Any]) -> HarnessConfig:
             user=_opt(t, where, "user", _string, "root"),
             identity_file=_opt(t, where, "identity_file", as_path, None),
             boot_method=_opt(t, where, "boot_method", _boot_method, BootMethod.KEXEC),
-            power_cycle=_opt(t, where, "power_cycle", _strings, ()),
-            console=_opt(t, where, "console", _strings, ()),
+            power_cycle=_opt(t, where, "power_cycle", _argv, ()),
+            console=_opt(t, where, "console", _argv, ()),
             tags=_opt(t, where, "tags", _strings, ()),
             connect_timeout=_opt(t, where, "connect_timeout", _seconds, 15.0),
             guest=_guest_table(t.get("guest", {}), f"{where}.guest"),
@@ -201,6 +204,8 @@ def _build(path: Path | None, data: dict[str, Any]) -> HarnessConfig:
             labgrid_place=_opt(t, where, "labgrid_place", _string, None),
             labgrid_coordinator=_opt(t, where, "labgrid_coordinator", _string, None),
         )
+        # A user:password@ URL in any other string of the host (a coordinator URL, say).
+        redact.register_data(t)
 
     k = _table(data.get("kernel", {}), "kernel", _KERNEL)
     kernel = KernelConfig(
@@ -224,7 +229,7 @@ def _opt(table: dict, where: str, name: str, check: Callable[..., Any], default:
 # One check per kind of value; each returns the value or raises _Invalid.
 
 def _expected(key: str, what: str, value: object) -> _Invalid:
-    found = repr(value)
+    found = redact.scrub(repr(value))  # before the cut, which could keep half a secret
     if len(found) > 60:
         found = found[:57] + "..."
     return _Invalid(f"{key}: expected {what}, found {found}")
@@ -264,6 +269,19 @@ def _strings(value: object, key: str) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise _expected(f"{key}[{i}]", "a string", item)
     return tuple(value)
+
+
+def _argv(value: object, key: str) -> tuple[str, ...]:
+    """A command's argv; its secrets (ipmitool -P X, ...) are registered first, even when it is
+    written as one string by mistake, so that neither an error nor a log line shows them."""
+    if isinstance(value, str):
+        try:
+            redact.register_argv(shlex.split(value))
+        except ValueError:
+            redact.register_argv(value.split())
+    elif isinstance(value, list):
+        redact.register_argv([v for v in value if isinstance(v, str)])
+    return _strings(value, key)
 
 
 def _bool(value: object, key: str) -> bool:

@@ -22,6 +22,8 @@ from xml.etree import ElementTree as ET
 from junitparser import Error, Failure, JUnitXmlError, Properties, Property, Skipped, SystemOut
 from junitparser.xunit2 import JUnitXml
 
+from harness import redact
+
 # metadata.json key -> suite property; only the keys a run recorded are added.
 SUITE_KEYS = ("kernel_release", "tree_id", "series", "patch_ids", "config_sha256", "build")
 # testcase properties that name files worth attaching (rmp_dump also brings its .bin).
@@ -213,6 +215,7 @@ def _load(path: Path) -> tuple[JUnitXml | None, str]:
 
 
 def _write(xml: JUnitXml, path: Path) -> list[str]:
+    _scrub_tree(xml._elem)
     # Write beside and rename, so an interrupted write never leaves half a junit.xml.
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -222,6 +225,18 @@ def _write(xml: JUnitXml, path: Path) -> list[str]:
     except OSError as e:
         return [f"{path}: cannot write: {e}"]
     return []
+
+
+def _scrub_tree(root: ET.Element) -> None:
+    """Registered secrets out of every text and attribute (a captured log, a failure message),
+    before XML escaping could hide them from a scrub of the file's text."""
+    for elem in root.iter():
+        if elem.text:
+            elem.text = redact.scrub(elem.text)
+        if elem.tail:
+            elem.tail = redact.scrub(elem.tail)
+        for name, value in list(elem.attrib.items()):
+            elem.set(name, redact.scrub(value))
 
 
 def _case(tc, problems: list[str]) -> Case:

@@ -2,9 +2,14 @@
 
 The content is built once as a small list of blocks (headings, paragraphs, tables,
 code, images) and rendered twice, so the Markdown and the HTML never disagree. Every
-piece of text from the run is escaped by the renderer: html.escape in HTML, and in
-Markdown the same plus `\\|` in table cells (code spans stay raw, as Markdown shows
-them literally).
+piece of text from the run (a patch subject from lore, a skip reason, a splat title)
+is escaped by the renderer, so it can add no link, image, heading or table cell:
+html.escape in HTML; in Markdown, a backslash before CommonMark's punctuation, one
+line only, and an invisible word joiner where GitLab's and GFM's autolinkers would
+start (before `://`, after `www` and `@`): they do not match across it. Code spans
+stay raw, as Markdown shows them literally; in table cells their `|` is escaped, as
+GFM splits cells even there.
+Registered secrets (harness.redact) are scrubbed from everything written.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from harness import redact
 from harness.evidence import rmp
 from harness.report.junit import Case, Outcome, read_metadata, read_report, resolve, sidecar_bin
 from harness.report.rmp_map import draw_rmp_map
@@ -69,11 +75,11 @@ def write_summary(run_dir: Path) -> SummaryResult:
     problems += report.problems
     maps, p = rmp_maps(run_dir)
     problems += p
-    blocks = build(run_dir, meta, report.cases, report.suite_properties, maps, problems)
+    blocks = _scrubbed(build(run_dir, meta, report.cases, report.suite_properties, maps, problems))
     written = [m.png for m in maps if m.png is not None]
     for name, text in (("summary.md", render_markdown(blocks)), ("summary.html", render_html(blocks))):
         try:
-            (run_dir / name).write_text(text)
+            (run_dir / name).write_text(redact.scrub(text))  # again: a secret in a link's path
             written.append(run_dir / name)
         except OSError as e:
             problems.append(f"{run_dir / name}: cannot write: {e}")
@@ -330,7 +336,50 @@ def _file_link(run_dir: Path, value: str, text: str) -> list:
     return [Link(text, href)] if path.is_file() else [f"{text} (missing: {href})"]
 
 
+def _scrubbed(blocks: list) -> list:
+    """The blocks with registered secrets replaced, before escaping could hide them from scrub()."""
+    def parts(ps) -> list:
+        return [Code(redact.scrub(p.text)) if isinstance(p, Code) else
+                Link(redact.scrub(p.text), p.href) if isinstance(p, Link) else redact.scrub(str(p)) for p in ps]
+
+    out: list = []
+    for block in blocks:
+        match block:
+            case ("h", level, ps):
+                out.append(("h", level, parts(ps)))
+            case ("p", ps):
+                out.append(("p", parts(ps)))
+            case ("table", header, rows):
+                out.append(("table", [redact.scrub(h) for h in header],
+                            [[(parts(ps), cls) for ps, cls in row] for row in rows]))
+            case ("pre", text):
+                out.append(("pre", redact.scrub(text)))
+            case ("img", png, alt):
+                out.append(("img", png, redact.scrub(alt)))
+            case _:
+                out.append(block)
+    return out
+
+
 # --- rendering -------------------------------------------------------------------------------
+
+# Every character CommonMark lets a backslash escape that can start markup here: links and
+# images ([]()!<>), emphasis (*_~), headings and lists (#+-.), code (`), cells (|), entities
+# (&), GitLab's math ($) and the backslash itself.
+_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&$])")
+_WJ = "\u2060"  # WORD JOINER: invisible, and no autolinker matches across it
+_SCHEME = re.compile(r"(?i)([a-z0-9+.-])(?=://)")  # GitLab links any scheme://
+_WWW = re.compile(r"(?i)\b(www)(?=\.)")
+# Link targets are the run's own files: ':' is encoded too, so no path reads as a scheme.
+_HREF_SAFE = "/._-~"
+
+
+def _md_text(text: str) -> str:
+    """Plain text as Markdown that renders as exactly that text, on one line."""
+    text = " ".join(str(text).splitlines())
+    text = _WWW.sub(rf"\1{_WJ}", _SCHEME.sub(rf"\1{_WJ}", text)).replace("@", "@" + _WJ)
+    return _MD_PUNCT.sub(r"\\\1", text)
+
 
 def _md_code(text: str) -> str:
     # A code span's fence must be longer than any backtick run inside it (CommonMark).
@@ -346,14 +395,15 @@ def _md_inline(parts, cell: bool = False) -> str:
     out = []
     for p in parts:
         if isinstance(p, Code):
-            out.append(_md_code(p.text))
+            code = _md_code(p.text)
+            # GFM splits cells at every unescaped pipe, even inside code spans.
+            out.append(code.replace("|", "\\|") if cell else code)
         elif isinstance(p, Link):
-            out.append(f"[{html.escape(p.text, quote=False)}](<{quote(p.href, safe='/:._-~')}>)")
+            out.append(f"[{_md_text(p.text)}](<{quote(p.href, safe=_HREF_SAFE)}>)")
         else:
-            out.append(html.escape(str(p), quote=False))
-    text = "".join(out)
-    # GFM splits cells at every unescaped pipe, even inside code spans.
-    return " ".join(text.replace("|", "\\|").splitlines()) if cell else text
+            out.append(_md_text(str(p)))
+    # No indent either: four leading spaces would start a code block.
+    return "".join(out).strip()
 
 
 def render_markdown(blocks: list) -> str:
@@ -374,7 +424,7 @@ def render_markdown(blocks: list) -> str:
                 fence = "`" * max(3, max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
                 lines += [f"{fence}sh", text, fence, ""]
             case ("img", png, alt):
-                lines += [f"![{html.escape(alt, quote=False)}](<{quote(png.name)}>)", ""]
+                lines += [f"![{_md_text(alt)}](<{quote(png.name, safe=_HREF_SAFE)}>)", ""]
     return "\n".join(lines)
 
 
@@ -394,7 +444,7 @@ def _html_inline(parts) -> str:
         if isinstance(p, Code):
             out.append(f"<code>{html.escape(p.text)}</code>")
         elif isinstance(p, Link):
-            out.append(f'<a href="{html.escape(quote(p.href, safe="/:._-~"))}">{html.escape(p.text)}</a>')
+            out.append(f'<a href="{html.escape(quote(p.href, safe=_HREF_SAFE))}">{html.escape(p.text)}</a>')
         else:
             out.append(html.escape(str(p)))
     return "".join(out)

@@ -28,6 +28,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import redact
 from harness.errors import ConfigError, HarnessError, LeaseError
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def parse_place(text: str) -> PlaceInfo:
     lines = text.splitlines()
     head = next((m for ln in lines if (m := re.match(r"^Place '([^']*)':$", ln))), None)
     if not head:
-        raise LeaseError(f"unexpected labgrid-client show output: {text.strip()[:300]!r}")
+        raise LeaseError(f"unexpected labgrid-client show output: {redact.scrub(text.strip())[:300]!r}")
     acquired = reservation = None
     resources: list[tuple[str, str, dict]] = []
     i = 0
@@ -122,6 +123,16 @@ def parse_network_service(text: str, place: str) -> NetworkService | None:
     return NetworkService(str(params["address"]), params.get("username") or None,
                           int(port) if port is not None else None, path,
                           extra.get("proxy") or None, bool(extra.get("proxy_required")))
+
+
+def _register_show(proc: subprocess.CompletedProcess) -> None:
+    """The secrets of `show` output: password fields as text, and as the resources' params."""
+    redact.register_text(proc.stdout or "")
+    redact.register_text(proc.stderr or "")
+    try:
+        redact.register_data([data for _name, _path, data in parse_place(proc.stdout or "").resources])
+    except LeaseError:
+        pass  # not a place's output: the text's password fields are registered already
 
 
 class LabgridLease:
@@ -186,22 +197,25 @@ class LabgridPlace:
         argv, timeout = self._argv(args), timeout or self.timeout
         env = {k: v for k, v in os.environ.items() if k not in _CHILD_ENV_DROP}
         try:
-            return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env,
+            proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env,
                                   timeout=timeout)
         except FileNotFoundError as e:
             raise ConfigError(f"cannot run {argv[0]}: {e.strerror}; {INSTALL_HINT}") from e
         except subprocess.TimeoutExpired:
             if bounded:
                 return None
-            raise LeaseError(f"`{' '.join(argv)}` timed out after {timeout:g}s "
-                             f"(is the labgrid coordinator {self._where()} up?)") from None
+            raise LeaseError(redact.scrub(f"`{' '.join(argv)}` timed out after {timeout:g}s "
+                                          f"(is the labgrid coordinator {self._where()} up?)")) from None
+        if args[-1:] == ["show"]:  # a NetworkService's password: registered before any error can quote it
+            _register_show(proc)
+        return proc
 
     def _where(self) -> str:
         return self.coordinator or os.environ.get("LG_COORDINATOR") or "127.0.0.1:20408 (labgrid's default)"
 
     def _failure(self, proc: subprocess.CompletedProcess) -> str:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        return f"`{' '.join(proc.args)}` exited {proc.returncode}:\n{tail}".rstrip()
+        return redact.scrub(f"`{' '.join(proc.args)}` exited {proc.returncode}:\n{tail}".rstrip())
 
     def _ok(self, args: list[str]) -> str:
         proc = self._run(args)
@@ -214,7 +228,8 @@ class LabgridPlace:
             show = self._run(["-p", self.place, "show"])
             info = None if show.returncode else parse_place(show.stdout)
             if re.search(r"matches (nothing|multiple)", show.stderr) or (info and info.name != self.place):
-                found = f"`-p {self.place}` finds {info.name}" if info else show.stderr.strip().splitlines()[-1]
+                found = (f"`-p {self.place}` finds {info.name}" if info
+                         else redact.scrub(show.stderr.strip().splitlines()[-1]))
                 return ConfigError(f"the labgrid coordinator {self._where()} has no place named exactly "
                                    f"{self.place} ({found}; `labgrid-client places` lists them)")
             if info and info.acquired:

@@ -179,7 +179,8 @@ def test_both_pipelines_run_the_suites_and_bisect():
         bisects = [a for a in argvs if a[0].endswith("snp-harness") and a[1] == "bisect"]
         assert suites and bisects, f"{path.name}: expected a pytest run of the suites and a bisect"
         for a in suites:
-            assert "--junitxml=junit.xml" in a and "--snp-run-dir" in a and "-n" in a, f"{path.name}: {a}"
+            if "tests/snp" in a:  # the lab's suites
+                assert "--junitxml=junit.xml" in a and "--snp-run-dir" in a and "-n" in a, f"{path.name}: {a}"
         for a in bisects:
             assert {"--install", "--verify-revert", "--repeat"} <= set(a), f"{path.name}: {a}"
 
@@ -238,7 +239,7 @@ def test_gitlab_structure():
     for name, job in jobs.items():
         assert job["stage"] in config["stages"], name
         assert job.get("tags"), f"{name}: runs on a tagged (lab) runner"
-        assert "ci/bootstrap" in _scripts(job), name
+        assert "ci/fresh-venv" in _scripts(job), name
         assert job.get("timeout") and "interruptible" in job, name
         artifacts = job["artifacts"]
         assert artifacts["when"] == "always" and artifacts.get("expire_in"), name
@@ -271,3 +272,133 @@ def test_gitlab_commands_are_the_checked_ones():
                 for m in _COMMAND.finditer(line):
                     run.add(tuple(_split(line, m.start())[1]))
     assert run and run <= checked, run - checked
+
+
+# -- who gets the lab's secrets ------------------------------------------------------
+
+PROTECTED_TAG = "snp-lab-protected"
+_PROTECTED_IF = '$CI_COMMIT_REF_PROTECTED == "true"'
+
+
+def _holds_secrets(job: dict) -> bool:
+    return any(re.search(rf"\$\{{?({'|'.join(_SECRETS)})\b", line) for line in _scripts(job))
+
+
+def _cache_dirs(lines: list[str]) -> set[str]:
+    return {m[1] for line in lines for m in re.finditer(r'XDG_CACHE_HOME="([^"]+)"', line)}
+
+
+def test_gitlab_secrets_reach_protected_refs_on_the_protected_runner_only():
+    jobs = _jobs(_gitlab())
+    secret = {n: j for n, j in jobs.items() if _holds_secrets(j)}
+    other = {n: j for n, j in jobs.items() if n not in secret}
+    assert {"snp-tests", "bisect"} <= set(secret) and other, "a job without secrets runs other branches"
+    for name, job in secret.items():
+        assert job["tags"] == [PROTECTED_TAG], name
+        for rule in job["rules"]:
+            assert "if" in rule, f"{name}: a rule without `if` runs on every ref"
+            assert rule.get("when") == "never" or _PROTECTED_IF in rule["if"], f"{name}: {rule}"
+    for name, job in other.items():
+        assert PROTECTED_TAG not in job["tags"] and job.get("rules"), name
+        assert not _holds_secrets(job), name
+
+
+def test_gitlab_jobs_with_secrets_rebuild_the_venv_first_and_keep_their_own_cache():
+    config = _gitlab()
+    assert ".venv" not in config["variables"]["GIT_CLEAN_FLAGS"], "no job's .venv survives into the next"
+    caches = {}
+    for name, job in _jobs(config).items():
+        lines = _scripts(job)
+        assert "ci/bootstrap" not in lines, f"{name}: ci/bootstrap may sudo and reuses .venv"
+        first_secret = next((i for i, ln in enumerate(lines) if re.search("|".join(_SECRETS), ln)), len(lines))
+        assert "ci/fresh-venv" in lines[:first_secret], f"{name}: .venv rebuilt before any secret is on disk"
+        before = lines[:lines.index("ci/fresh-venv")]
+        caches[name] = _cache_dirs(before)
+        assert len(caches[name]) == 1, f"{name}: set XDG_CACHE_HOME (kernel, ccache, pip) before ci/fresh-venv"
+    jobs = _jobs(config)
+    protected = {d for n, ds in caches.items() if _holds_secrets(jobs[n]) for d in ds}
+    unprotected = {d for n, ds in caches.items() if not _holds_secrets(jobs[n]) for d in ds}
+    assert len(protected) == 1 and len(unprotected) == 1 and protected != unprotected, caches
+
+
+def _jenkins_stages() -> dict[str, str]:
+    text = JENKINS.read_text()
+    parts = re.split(r"^    stage\('([^']+)'\) \{$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_jenkins_lab_stages_run_for_trusted_refs_on_the_protected_agent_only():
+    stages = _jenkins_stages()
+    lab = {n: body for n, body in stages.items() if "lab(" in body}
+    other = {n: body for n, body in stages.items() if n not in lab}
+    assert {"SNP suites", "Bisect"} <= set(lab) and other
+    for name, body in lab.items():
+        assert f"agent {{ label '{PROTECTED_TAG}' }}" in body, name
+        when = re.search(r"expression \{ return ([^}]*) \}", body)[1]
+        assert "beforeAgent true" in body and re.match(r"trustedRef\(\)( &&|$)", when), f"{name}: {when}"
+    for name, body in other.items():
+        assert PROTECTED_TAG not in body and "withCredentials" not in body, name
+        assert "return !trustedRef()" in body, name
+    text = JENKINS.read_text()
+    assert re.search(r"^  agent none\b", text, re.M), "no agent for the whole build: each stage its own"
+    trusted = re.search(r"boolean trustedRef\(\) \{(.*?)^\}", text, re.S | re.M)[1]
+    assert "!env.CHANGE_ID" in trusted, "a change request is never trusted"
+    # The venv is rebuilt (with the protected cache) before the credentials are bound.
+    body = re.search(r"^int lab\(String commands\) \{(.*?)^\}", text, re.S | re.M)[1]
+    assert body.index("freshVenv('protected')") < body.index("withCredentials")
+    assert 'XDG_CACHE_HOME="$HOME/.cache/snp-ci-protected"' in body
+    assert "freshVenv('unprotected')" in "".join(other.values())
+    assert 'XDG_CACHE_HOME="$HOME/.cache/snp-ci-unprotected"' in "".join(other.values())
+
+
+def test_ci_never_uses_sudo_nor_bootstrap():
+    for path in (*PIPELINES, REPO / "ci" / "fresh-venv"):
+        for line, text in _logical_lines(path.read_text()):
+            text = re.sub(r"\s(#|//)\s.*$", "", text)  # a trailing comment
+            assert not re.search(r"\bsudo\b", text) or "sudo ci/bootstrap" in text and "echo" in text, \
+                f"{path.name}:{line}: {text.strip()}"
+            assert not re.search(r"\bapt(-get)?\b\s+install", text), f"{path.name}:{line}: {text.strip()}"
+    for path in PIPELINES:
+        assert "ci/bootstrap" not in [t.strip(" -'") for _, t in _logical_lines(path.read_text())], path.name
+
+
+def test_the_bisect_selection_only_reaches_pytest_through_its_check():
+    for path in PIPELINES:
+        uses = [(n, t) for n, t in _logical_lines(path.read_text()) if "BISECT_SELECTION" in t
+                and "${BISECT_SELECTION:?}" not in t and "name: 'BISECT_SELECTION'" not in t]
+        assert uses, path.name
+        for n, text in uses:
+            m = re.search(r'\.venv/bin/python -m harness\.ci_selection "\$BISECT_SELECTION" -- '
+                          r'(\.venv/bin/snp-harness bisect .*)$', " ".join(text.split()).rstrip("'"))
+            assert m, f"{path.name}:{n}: BISECT_SELECTION must go through harness.ci_selection: {text.strip()}"
+            argv = shlex.split(_expand(m[1]))
+            assert argv[-1] == "--", f"{path.name}:{n}: the checked words are appended after `--`"
+
+
+def _fake_tools(tmp_path: Path, missing: str | None) -> Path:
+    """dpkg-query that knows every package but `missing`; a sudo that records being called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dpkg-query").write_text(
+        f'#!/bin/sh\nfor a; do pkg=$a; done\n[ "$pkg" = "{missing}" ] && exit 1\nprintf "install ok installed"\n')
+    (bin_dir / "sudo").write_text(f"#!/bin/sh\ntouch {tmp_path / 'sudo-called'}\nexit 1\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("missing", [None, "qemu-system-x86", "mmdebstrap"])
+def test_fresh_venv_checks_bootstraps_packages_without_sudo(tmp_path, missing):
+    import os
+    import subprocess
+
+    bin_dir = _fake_tools(tmp_path, missing)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([str(REPO / "ci" / "fresh-venv"), "--check"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert not (tmp_path / "sudo-called").exists()
+    if missing is None:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 1
+        assert f"missing Debian packages: {missing}" in done.stderr and "sudo ci/bootstrap" in done.stderr
