@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from harness.config import DEFAULT_LEASE_FILE as DEFAULT_LOCK
-from harness.errors import LeaseError, TransportError
+from harness.errors import HostKeyError, LeaseError, TransportError
 from harness.transport.ssh import RemoteProcess, SshTransport
 
 log = logging.getLogger(__name__)
@@ -121,17 +121,25 @@ def acquire(transport: SshTransport, run_id: str, *, lock_path: str = DEFAULT_LO
 
 def _take(transport: SshTransport, holder: Holder, lock_path: str, wait_s: int, timeout: float) -> Lease:
     deadline = time.monotonic() + wait_s
+    rebooting = False  # the waiting session died: the host is going down or coming back
     while True:
         left = max(0, math.ceil(deadline - time.monotonic()))
         try:
             return _take_once(transport, holder, lock_path, left, timeout)
-        except (TransportError, _SessionLost) as e:
+        except _SessionLost as e:
+            rebooting = True
             if time.monotonic() + 2 >= deadline:
-                if isinstance(e, _SessionLost):
-                    raise LeaseError(str(e)) from None
-                raise
+                raise LeaseError(str(e)) from None
             log.info("%s: still waiting for the lease: %s", transport.name, e)
-            time.sleep(2)
+        except HostKeyError:
+            raise  # never waited out
+        except TransportError as e:
+            # A host unreachable from the start is an error at once; one that dropped our
+            # waiting session is waited for until the deadline.
+            if not rebooting or time.monotonic() + 2 >= deadline:
+                raise
+            log.info("%s: still waiting for the lease (host not back yet): %s", transport.name, e)
+        time.sleep(2)
 
 
 class _SessionLost(Exception):
