@@ -17,7 +17,8 @@ from junitparser import Error, Failure, Skipped
 from junitparser.xunit2 import JUnitXml, TestCase, TestSuite
 
 from harness.bisect.confidence import confidence
-from harness.report.summary import Code, Link, render_markdown
+from harness import redact
+from harness.report.summary import Code, Link, scrub_blocks, render_markdown
 
 SUITE = "snp-harness bisect"
 SUITE_KEYS = ("tree", "good", "bad", "good_commit", "bad_commit", "selection", "repeat")
@@ -58,7 +59,7 @@ def write_report(bisect_dir: Path) -> tuple[Path, Path]:
 def write_markdown(bisect_dir: Path, plan: dict, steps: list[dict]) -> Path:
     path = Path(bisect_dir) / "bisect.md"
     tmp = path.with_name(path.name + ".tmp")  # write beside and rename: never half a report
-    tmp.write_text(render_markdown(build(Path(bisect_dir), plan, steps)))
+    tmp.write_text(redact.scrub(render_markdown(scrub_blocks(build(Path(bisect_dir), plan, steps)))))
     os.replace(tmp, path)
     return path
 
@@ -82,6 +83,7 @@ def write_junit(bisect_dir: Path, plan: dict, steps: list[dict]) -> Path:
     path = bisect_dir / "junit.xml"
     tmp = path.with_name(path.name + ".tmp")
     xml.write(str(tmp))
+    tmp.write_text(redact.scrub(tmp.read_text()))  # a secret in a reason or a command line
     os.replace(tmp, path)
     return path
 

@@ -75,7 +75,7 @@ def write_summary(run_dir: Path) -> SummaryResult:
     problems += report.problems
     maps, p = rmp_maps(run_dir)
     problems += p
-    blocks = _scrubbed(build(run_dir, meta, report.cases, report.suite_properties, maps, problems))
+    blocks = scrub_blocks(build(run_dir, meta, report.cases, report.suite_properties, maps, problems))
     written = [m.png for m in maps if m.png is not None]
     for name, text in (("summary.md", render_markdown(blocks)), ("summary.html", render_html(blocks))):
         try:
@@ -336,7 +336,7 @@ def _file_link(run_dir: Path, value: str, text: str) -> list:
     return [Link(text, href)] if path.is_file() else [f"{text} (missing: {href})"]
 
 
-def _scrubbed(blocks: list) -> list:
+def scrub_blocks(blocks: list) -> list:
     """The blocks with registered secrets replaced, before escaping could hide them from scrub()."""
     def parts(ps) -> list:
         return [Code(redact.scrub(p.text)) if isinstance(p, Code) else

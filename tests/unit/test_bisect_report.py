@@ -272,3 +272,17 @@ def test_report_with_a_torn_step_and_no_plan(bisect_dir):
     assert len(cases) == 10
     error = cases["culprit"].find("error")
     assert error is not None and "bisect.json: unreadable" in error.get("message")
+
+
+def test_a_registered_secret_never_reaches_the_bisect_report(tmp_path):
+    from harness import redact
+    from harness.bisect.report import write_junit, write_markdown
+
+    secret = "bisect-secret-4f1c9e"
+    redact.register(secret)
+    plan = {"good": "v1", "bad": "v2", "status": "found", "command": f"ipmitool -P {secret} power cycle"}
+    steps = [{"commit": "abc123", "outcome": "skip", "reason": f"power cycle `ipmitool -P {secret}` failed"}]
+    md = write_markdown(tmp_path, plan, steps).read_text()
+    xml = write_junit(tmp_path, plan, steps).read_text()
+    assert secret not in md and secret not in xml
+    assert redact.REDACTED in md + xml
