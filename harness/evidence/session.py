@@ -3,7 +3,8 @@
 begin() before a test, end() after its body: end() returns what the kernel
 said during the test as JUnit properties, the splats found, and the failure
 message a splat turns into. Every piece that the target cannot provide is
-recorded with the reason, once per session, never as a silent pass.
+recorded with the reason, never as a silent pass; without the dmesg slice,
+end() raises DmesgUnavailable (an EvidenceError) after recording the rest.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class EvidenceError(InfraError):
     def __init__(self, message: str, evidence: TestEvidence) -> None:
         super().__init__(message)
         self.evidence = evidence
+
+
+class DmesgUnavailable(EvidenceError):
+    """The target's kernel log could not be followed: nothing says the test left it quiet."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,8 @@ class TargetEvidence:
     def start(self) -> None:
         self.shell = TargetShell(self.target.transport)
         self.kmsg.start()
-        if self.kmsg.unavailable:
-            log.warning("%s: no per-test dmesg: %s", self.target.name, self.kmsg.unavailable)
+        if self.kmsg.unavailable:  # every test's end() then raises: an error, never a silent pass
+            log.error("%s: no per-test dmesg: %s", self.target.name, self.kmsg.unavailable)
         caps = self.target.capabilities()
         self.trace_skip = caps.missing("kvm_rmp_fault")
         if self.trace_skip is None:
@@ -153,6 +158,10 @@ class TargetEvidence:
             raise EvidenceError(f"{self.target.name}: collecting the evidence of {window.nodeid} failed: "
                                 f"{problem}", ev)
         self._check_rmp(ev, window.nodeid)
+        if window.start_seq is None:  # the kernel's log went unchecked: no verdict can say it was quiet
+            raise DmesgUnavailable(f"{self.target.name}: no dmesg evidence for {window.nodeid}, so a kernel "
+                                   f"splat would go unseen: {self.kmsg.unavailable} (or run with --snp-no-evidence "
+                                   "to accept tests without it)", ev)
         return ev
 
     def _check_rmp(self, ev: TestEvidence, nodeid: str) -> None:

@@ -88,6 +88,10 @@ SNP: tuple[Pattern, ...] = (
     pattern("snp_init", "snp", _CCP + rf"SEV-SNP: failed to INIT rc {_INT}, error (?:0x{_HEX}|0)",
             ("ccp ", "SEV-SNP: failed"), "SEV-SNP: failed to INIT rc NUM, error NUM",
             fmts=(F(_CCP_C, "SEV-SNP: failed to INIT rc %d, error %#x", prefix=_CP, old=True),)),
+    # sev_pci_init() of the SNP host series before its merge, in vendor and distro kernels: no rc
+    pattern("snp_init_no_rc", "snp", _CCP + rf"SEV-SNP: failed to INIT error (?:0x{_HEX}|0)",
+            ("ccp ", "SEV-SNP: failed"), "SEV-SNP: failed to INIT error NUM",
+            fmts=(F(_CCP_C, "SEV-SNP: failed to INIT error %#x", prefix=_CP, old=True),)),
     # __sev_snp_init_locked(): "SEV-SNP: %s failed rc %d, error %#x" (SNP_INIT, SNP_INIT_EX, SNP_DF_FLUSH)
     pattern("snp_cmd", "snp",
             _CCP + rf"SEV-SNP: (?P<cmd>SNP_INIT_EX|SNP_INIT|SNP_DF_FLUSH) failed rc {_INT}, error",

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from harness.targets.hostcheck import (COLLECT_SCRIPT, DMESG_UNREADABLE, SNP_MIN_API, HostFacts,
-                                       parse_hostcheck)
+from harness.targets.hostcheck import (COLLECT_SCRIPT, DMESG_UNREADABLE, RMP_PROBE_FAILED, SNP_MIN_API, HostFacts,
+                                       SnpHardware, parse_hostcheck, snp_hardware)
 
 if TYPE_CHECKING:  # pragma: no cover
     from harness.transport.base import Transport
@@ -33,41 +33,18 @@ class Check:
     fix: str
 
 
-def cpu_generation(family: int | None, model: int | None) -> str | None:
-    """The EPYC generation a family/model names (model ranges as in amd.c), or None."""
-    if family == 0x19 and model is not None:
-        if model <= 0x0F:
-            return "Zen 3 (Milan)"
-        if 0x10 <= model <= 0x1F:
-            return "Zen 4 (Genoa)"
-        if 0xA0 <= model <= 0xAF:
-            return "Zen 4c (Bergamo/Siena)"
-    if family == 0x1A and model is not None and model <= 0x1F:
-        return "Zen 5 (Turin)"
-    return None
-
-
 # What an SNP host kernel needs; "ym" accepts built-in or module.
 _CONFIG_NEEDED = {"KVM": "ym", "KVM_AMD": "ym", "KVM_AMD_SEV": "y", "CRYPTO_DEV_CCP_DD": "ym",
                   "CRYPTO_DEV_SP_PSP": "y", "AMD_IOMMU": "y"}
-# snp_probe_rmptable_info() failures, after which amd.c clears the sev_snp flag.
-_RMP_PROBE_FAILED = ("has not been reserved by BIOS", "RMP configuration not valid")
 _NO_CONFIG = "kernel config unreadable: no /proc/config.gz and no /boot/config-<release>"
 
 
 def _check_cpu(f: HostFacts) -> Check:
+    """The machine can do SEV-SNP at all (hostcheck.snp_hardware); every other check is its setup."""
     fix = ("run on an SNP-capable EPYC host: 7003 (Milan), 9004 (Genoa/Bergamo/Siena) "
-           "or 9005 (Turin)")
-    fam, model = f.cpu_family, f.cpu_model
-    if f.cpu_vendor != "AuthenticAMD" or fam is None or model is None:
-        return Check("cpu", False, f"not a known AMD CPU: vendor {f.cpu_vendor or '?'}, "
-                     f"family {fam}, model {model}", fix)
-    what = f"{f.cpu_model_name or '?'}, family {fam:x}h model {model:02x}h"
-    if fam not in (0x19, 0x1A):
-        return Check("cpu", False, f"{what}: SEV-SNP needs family 19h or 1Ah", fix)
-    gen = cpu_generation(fam, model)
-    return Check("cpu", True, f"{what}: {gen}" if gen else
-                 f"{what}: model not recognised (no known EPYC part; SNP may still work)", fix)
+           "or 9005 (Turin), bare metal")
+    hw = snp_hardware(f)
+    return Check("cpu", hw.capable, hw.evidence, fix)
 
 
 def _check_flag(f: HostFacts) -> Check:
@@ -77,7 +54,7 @@ def _check_flag(f: HostFacts) -> Check:
         return Check("sev_snp_flag", True, "sev_snp in /proc/cpuinfo flags", fix)
     if "hypervisor" in f.cpu_flags:
         why = "'hypervisor' flag: this is a VM, and the kernel never enables host SNP in a guest"
-    elif any(k in e for e in f.snp_errors for k in _RMP_PROBE_FAILED):
+    elif any(k in e for e in f.snp_errors for k in RMP_PROBE_FAILED):
         why = "the kernel hid sev_snp because the BIOS set up no valid RMP table"
     elif "sev" in f.cpu_flags:
         why = "sev is present but sev_snp is not"
@@ -337,6 +314,10 @@ _PROBES: dict[str, Callable[[Capabilities], Gap | None]] = {
 }
 
 
+# Capabilities that only the hardware can rule out: on SNP-capable hardware their absence is a setup fault.
+_HARDWARE_BOUND = frozenset({"snp"})
+
+
 @dataclass(frozen=True)
 class Capabilities:
     facts: HostFacts
@@ -347,8 +328,16 @@ class Capabilities:
     def snp_ready(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
+    @property
+    def snp_hardware(self) -> SnpHardware:
+        return snp_hardware(self.facts)
+
     def has(self, cap: str) -> bool:
         return self.missing(cap) is None
+
+    def misconfigured(self, cap: str) -> bool:
+        """`cap` is missing on a machine that can have it: a test needing it fails, never skips."""
+        return cap in _HARDWARE_BOUND and self.snp_hardware.capable and self.missing(cap) is not None
 
     def missing(self, cap: str) -> str | None:
         """None when present; else what is missing and how to get it (a pytest skip reason)."""

@@ -24,7 +24,7 @@ COLLECT_SCRIPT = r"""
 m() { printf '@@snp-harness:%s@@\n' "$1"; }
 kv() { printf '%s=%s\n' "$1" "$2"; }
 m meta
-kv format 1
+kv format 2
 kv uid "$(id -u 2>/dev/null)"
 m uname-r
 uname -r 2>/dev/null
@@ -34,6 +34,11 @@ m cmdline
 cat /proc/cmdline 2>/dev/null
 m cpuinfo
 sed '/^[[:space:]]*$/q' /proc/cpuinfo 2>/dev/null
+m cpuid
+# CPUID Fn8000_001F (eax ebx ecx edx) through the cpuid driver, where it is loaded and readable
+if [ -r /dev/cpu/0/cpuid ]; then
+  dd if=/dev/cpu/0/cpuid bs=16 count=1 skip=2147483679 iflag=skip_bytes 2>/dev/null | od -An -tx4 2>/dev/null
+fi
 m modules
 for x in kvm kvm_amd kvm_intel kvm_pvm ccp; do
   if [ -d /sys/module/$x ]; then echo $x; fi
@@ -97,9 +102,10 @@ fi
 m end
 """
 
-SECTIONS = ("meta", "uname-r", "version", "cmdline", "cpuinfo", "modules", "params:kvm_amd",
+SECTIONS = ("meta", "uname-r", "version", "cmdline", "cpuinfo", "cpuid", "modules", "params:kvm_amd",
             "params:kvm", "dmesg", "dmesg-status", "devices", "config", "thp", "hugepages",
             "debugfs", "tracefs", "kvm-events")
+_SINCE_FORMAT = {"cpuid": 2}  # sections an older script (meta format) did not print
 _MARKER = re.compile(r"@@snp-harness:([\w:.-]+)@@")
 
 SNP_MIN_API = (1, 51)  # SNP_MIN_API_MAJOR/MINOR in drivers/crypto/ccp/sev-dev.c
@@ -144,8 +150,10 @@ _SNP_ERROR_SOURCES: tuple[tuple[str, tuple[dict, ...]], ...] = (
                                   _iommu("SNP: RMP initialization failed, SNP cannot be supported."))),
     # drivers/crypto/ccp/sev-dev.c; the firmware-version one is dev_dbg (dyndbg only)
     (r"SEV-SNP support requires firmware version", (_ccp("SEV-SNP support requires firmware version >= %d:%d"),)),
-    # 6.12's _sev_platform_init_locked(); 7.x returns the error without a word
-    (r"SEV-SNP: failed to INIT rc", (_ccp("SEV-SNP: failed to INIT rc %d, error %#x", old=True),)),
+    # 6.12's _sev_platform_init_locked(); 7.x returns the error without a word. The SNP host
+    # series before its merge (sev_pci_init(), in vendor and distro kernels) printed no rc.
+    (r"SEV-SNP: failed to INIT (?:rc -?\d+, )?error ", (_ccp("SEV-SNP: failed to INIT rc %d, error %#x", old=True),
+                                                      _ccp("SEV-SNP: failed to INIT error %#x", old=True))),
     (r"SEV-SNP: SNP_INIT(_EX)? failed", (_ccp("SEV-SNP: %s failed rc %d, error %#x", args=("SNP_INIT",)),)),
     (r"SEV-SNP: SNP_DF_FLUSH failed", (_ccp("SEV-SNP: SNP_DF_FLUSH failed rc %d, error %#x"),)),
     (r"SEV: SNP_INIT_EX ", (_ccp("SEV: SNP_INIT_EX range list memory allocation failed"),
@@ -196,6 +204,14 @@ class CpuInfo:
 
 
 @dataclass(frozen=True)
+class SnpHardware:
+    """Can this machine run SEV-SNP at all, whatever its BIOS and kernel say? `evidence`: why."""
+
+    capable: bool
+    evidence: str
+
+
+@dataclass(frozen=True)
 class DmesgFacts:
     snp_api: Version | None = None
     sev_api: Version | None = None
@@ -220,6 +236,7 @@ class HostFacts:
     cpu_model_name: str = ""
     microcode: str = ""
     cpu_flags: frozenset[str] = frozenset()
+    cpuid_snp: bool | None = None  # CPUID Fn8000_001F EAX bit 4 as the CPU reports it; None: not read
     modules: frozenset[str] = frozenset()  # of kvm, kvm_amd, kvm_intel, kvm_pvm, ccp
     kvm_amd_params: dict[str, str] = field(default_factory=dict)
     kvm_params: dict[str, str] = field(default_factory=dict)
@@ -318,6 +335,61 @@ def parse_cpuinfo(lines: Iterable[str]) -> CpuInfo:
                    flags=frozenset(fields.get("flags", "").split()), problems=tuple(problems))
 
 
+def parse_cpuid_snp(lines: Iterable[str]) -> bool | None:
+    """SEV-SNP (EAX bit 4) from `od -An -tx4` of leaf 0x8000001F; None unless it is four words."""
+    words = " ".join(lines).split()
+    if len(words) != 4 or not all(re.fullmatch(r"[0-9a-fA-F]{1,8}", w) for w in words):
+        return None
+    return bool(int(words[0], 16) & (1 << 4))
+
+
+def cpu_generation(family: int | None, model: int | None) -> str | None:
+    """The EPYC generation a family/model names (model ranges as in amd.c), or None."""
+    if family == 0x19 and model is not None:
+        if model <= 0x0F:
+            return "Zen 3 (Milan)"
+        if 0x10 <= model <= 0x1F:
+            return "Zen 4 (Genoa)"
+        if 0xA0 <= model <= 0xAF:
+            return "Zen 4c (Bergamo/Siena)"
+    if family == 0x1A and model is not None and model <= 0x1F:
+        return "Zen 5 (Turin)"
+    return None
+
+
+# snp_probe_rmptable_info() failures: printed only where the CPU has SNP (bsp_determine_snp() probes
+# the RMP on family >= 19h, bare metal), after which amd.c clears the sev_snp flag.
+RMP_PROBE_FAILED = ("has not been reserved by BIOS", "RMP configuration not valid")
+
+
+def snp_hardware(f: HostFacts) -> SnpHardware:
+    """Whether the machine itself can do SEV-SNP. Only a VM, another vendor's CPU or an AMD part
+    without SNP cannot; a capable CPU whose BIOS or kernel left SNP off (the kernel then clears
+    the sev_snp flag) is capable, and what it lacks is a misconfiguration, not a reason to skip."""
+    fam, model = f.cpu_family, f.cpu_model
+    what = f"{f.cpu_model_name or '?'}, family {fam if fam is None else f'{fam:x}h'} model " \
+           f"{model if model is None else f'{model:02x}h'}"
+    if "hypervisor" in f.cpu_flags:
+        return SnpHardware(False, "a VM ('hypervisor' flag): the kernel never enables host SEV-SNP in a guest")
+    if f.cpu_vendor and f.cpu_vendor != "AuthenticAMD":
+        return SnpHardware(False, f"{f.cpu_vendor} CPU ({what}): SEV-SNP is AMD's")
+    gen = cpu_generation(fam, model)
+    if gen:
+        return SnpHardware(True, f"{what}: {gen}")
+    if f.cpuid_snp:
+        return SnpHardware(True, f"{what}: CPUID Fn8000_001F EAX bit 4 (SEV-SNP) is set")
+    if "sev_snp" in f.cpu_flags or f.rmp_range or f.snp_api:
+        return SnpHardware(True, f"{what}: the kernel found SEV-SNP (sev_snp flag, RMP or SNP firmware)")
+    if probed := [e for e in f.snp_errors if any(k in e for k in RMP_PROBE_FAILED)]:
+        return SnpHardware(True, f"{what}: the kernel probed the RMP ({probed[0]})")
+    if fam in (0x19, 0x1A) and "EPYC" in f.cpu_model_name:
+        return SnpHardware(True, f"{what}: model not recognised, but an EPYC of an SNP family")
+    if not f.cpu_vendor or fam is None:
+        return SnpHardware(True, f"CPU not identified ({what}): taken as capable, so nothing is skipped")
+    cpuid = "" if f.cpuid_snp is None else "; CPUID Fn8000_001F EAX bit 4 is clear"
+    return SnpHardware(False, f"{what}: no SNP-capable EPYC (family 19h or 1Ah){cpuid}")
+
+
 def parse_bracketed_mode(text: str) -> str | None:
     """'always [madvise] never' -> 'madvise'; None when nothing is selected."""
     m = re.search(r"\[([^\]\s]+)\]", text)
@@ -398,6 +470,13 @@ def parse_hostcheck(text: str) -> HostFacts:
 
     meta, amd, kvm, devices, knobs = (kv(n) for n in ("meta", "params:kvm_amd", "params:kvm",
                                                       "devices", "thp"))
+    fmt = meta.get("format", "")
+    fmt = int(fmt) if fmt.isdigit() else 1
+    p = [x for x in p if not any(x == f"section {n!r} missing" and fmt < v for n, v in _SINCE_FORMAT.items())]
+    cpuid = [x for x in get("cpuid") if x.strip()]
+    cpuid_snp = parse_cpuid_snp(cpuid) if cpuid else None
+    if cpuid and cpuid_snp is None:
+        p.append(f"cpuid: not four 32-bit words: {' '.join(cpuid)!r}")
     cpu = parse_cpuinfo(get("cpuinfo")) if "cpuinfo" in s else CpuInfo()
     status = first("dmesg-status")  # "rc=N", then dmesg's own error output
     if status and not status.startswith("rc="):
@@ -412,7 +491,7 @@ def parse_hostcheck(text: str) -> HostFacts:
         kernel_release=first("uname-r"), proc_version=first("version"), cmdline=first("cmdline"),
         uid=_to_int(meta.get("uid") or None, "meta uid", p),
         cpu_vendor=cpu.vendor, cpu_family=cpu.family, cpu_model=cpu.model,
-        cpu_model_name=cpu.model_name, microcode=cpu.microcode, cpu_flags=cpu.flags,
+        cpu_model_name=cpu.model_name, microcode=cpu.microcode, cpu_flags=cpu.flags, cpuid_snp=cpuid_snp,
         modules=frozenset(x.strip() for x in get("modules") if x.strip()),
         kvm_amd_params=amd, kvm_params=kvm, dmesg_readable=rc == 0, **vars(dmesg),
         dmesg_error="\n".join(x for x in get("dmesg-status") if x.strip()).partition("\n")[2],

@@ -88,9 +88,7 @@ def lab(tmp_path_factory):
 def test_acquire_reads_the_address_and_a_second_acquire_is_refused(lab):
     bindir, coordinator, service_port = lab
     place = LabgridPlace(PLACE, coordinator=coordinator, client=str(bindir / "labgrid-client"))
-    start = time.monotonic()
-    with place.acquire(0) as lease:
-        took = time.monotonic() - start
+    with place.acquire(0) as lease:  # wait 0: a free place is allocated at once, or this raises
         assert (lease.address, lease.port, lease.username) == ("127.0.0.1", service_port, "snptest")
         assert lease.held
         with pytest.raises(LeaseError) as e:
@@ -101,7 +99,6 @@ def test_acquire_reads_the_address_and_a_second_acquire_is_refused(lab):
     assert not lease.held
     assert "acquired: None" in client(bindir, coordinator, "-p", PLACE, "show").stdout
     assert lease.token not in client(bindir, coordinator, "reservations").stdout
-    assert took < 10, f"acquire took {took:.1f}s"
 
 
 WAITER = """

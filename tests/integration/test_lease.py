@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,14 +75,38 @@ def test_killed_holder_frees_the_lease(sshd, tmp_path, holder):
     t.close()
 
 
+def _blocked_in_flock(lock: str) -> bool:
+    """Some `flock -w` (the lease script's wait) is blocked on `lock`: a waiter is queued on it."""
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"flock") and b"-w" in argv and os.readlink(d / "fd" / "9") == lock:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_waiting_run_gets_the_lease_when_the_holder_lets_go(sshd, tmp_path, holder):
     proc, lock = holder
     t = enrolled_transport(sshd, tmp_path / "kh")
-    killer = subprocess.Popen(["sh", "-c", f"sleep 1; kill {proc.pid}"])  # the holder exits a second from now
-    start = time.monotonic()
-    with acquire(t, "waiter", lock_path=lock, wait_s=30) as lease:
-        assert lease.held and 0.5 < time.monotonic() - start < 25
-    killer.wait()
+    events: list[tuple] = []
+
+    def wait_for_it() -> None:
+        with acquire(t, "waiter", lock_path=lock, wait_s=120) as lease:
+            events.append(("acquired", lease.held, proc.poll() is not None))
+
+    waiter = threading.Thread(target=wait_for_it, daemon=True)
+    waiter.start()
+    while not _blocked_in_flock(lock):  # pytest-timeout ends a waiter that never gets there
+        assert waiter.is_alive(), f"the waiter gave up instead of waiting: {events}"
+        time.sleep(0.05)
+    assert events == [], "the lease was taken while the holder still held it"
+    events.append(("holder lets go",))
+    proc.terminate()
+    waiter.join()
+    # In this order: queued behind the holder, taken only once the holder was gone, and held.
+    assert events == [("holder lets go",), ("acquired", True, True)]
     t.close()
 
 

@@ -65,7 +65,7 @@ def _cases(junit: Path) -> list[dict]:
 
 
 def test_two_hosts_run_on_one_worker_each_holding_its_lease(pytester, two_hosts, tmp_path, monkeypatch):
-    inventory, _servers, _known = two_hosts
+    inventory, servers, _known = two_hosts
     monkeypatch.setenv("WHO_DIR", str(tmp_path))
     pytester.makepyfile(test_who=WHO)
     run_dir = tmp_path / "run"
@@ -89,9 +89,13 @@ def test_two_hosts_run_on_one_worker_each_holding_its_lease(pytester, two_hosts,
     assert not [c for c in cases if c["outcome"] in ("failure", "error")]
     suite = {p.get("name") for p in ET.parse(tmp_path / "junit.xml").getroot().iter("property")}
     assert {"ssh://epyc-a kernel", "ssh://epyc-b kernel"} <= suite, "the workers' suite properties were lost"
-    # Both hosts' leases were given back when the session ended.
-    for name in ("epyc-a", "epyc-b"):
-        assert (tmp_path / f"{name}.lease").exists()
+    # Both hosts' leases were given back when the session ended: a new connection takes each at once.
+    for name, server in zip(("epyc-a", "epyc-b"), servers):
+        t = enrolled_transport(server, tmp_path / f"kh-after-{name}", name=f"after-{name}")
+        try:
+            acquire(t, "after-the-run", lock_path=str(tmp_path / f"{name}.lease"), wait_s=0).release()
+        finally:
+            t.close()
 
 
 def _run_while_held(pytester, two_hosts, tmp_path, monkeypatch, held: int, *args: str):
@@ -121,7 +125,7 @@ def test_a_busy_host_is_waited_for_then_errors(pytester, two_hosts, tmp_path, mo
     result = _run_while_held(pytester, two_hosts, tmp_path, monkeypatch, 0,
                              "--snp-host", "epyc-a", "--snp-lease-wait", "2")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*LeaseError: ssh://epyc-a is leased by *other-run*"])
+    result.stdout.fnmatch_lines(["*LeaseBusy: ssh://epyc-a is leased by *other-run*"])
 
 
 @pytest.mark.slow

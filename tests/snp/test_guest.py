@@ -18,6 +18,7 @@ import threading
 import pytest
 
 from harness.scenarios.ktap import parse_ktap
+from harness.scenarios.subtests import NO_SKIPS, review_subtests
 from harness.scenarios.thp import KHUGEPAGED_EAGER, split_huge_pages
 from harness.targets.guest import WORKLOAD_MODULE, Guest, GuestConfig, build_guest_image
 
@@ -35,6 +36,8 @@ def _guest_config(target, harness_config) -> GuestConfig:
         host = harness_config.host(target.name.removeprefix("ssh://"))
         return GuestConfig(qemu=host.guest.qemu, firmware=host.guest.firmware, snp=True, memory_mb=2048,
                            cpu="EPYC-v4")
+    if caps.misconfigured("snp"):  # SNP-capable hardware, not set up: a fault, not a skip
+        pytest.fail(f"{target.name}: {caps.missing('snp')}", pytrace=False)
     if target.name.startswith("ssh://"):
         pytest.skip(f"{target.name}: {caps.missing('snp')} (guests on lab hosts are SNP guests)")
     return GuestConfig()
@@ -76,8 +79,10 @@ def _workload(guest, request, rounds: int = 20):
     request.node.user_properties.append(("guest_workload", r.stdout.strip()[-2000:]))
     if r.exit_status == 4:
         pytest.skip(f"guest workload: {r.stdout.strip().splitlines()[-1]}")
-    tree = parse_ktap(r.stdout.splitlines())
-    assert r.exit_status == 0 and tree.counts.failed == 0 and tree.counts.passed == 3, r.stdout + r.stderr
+    review = review_subtests(parse_ktap(r.stdout.splitlines()), NO_SKIPS)  # all three cases, each passed
+    request.node.user_properties += [*review.properties(), ("subtests", review.summary())]
+    assert r.exit_status == 0 and review.ok and len(review.passed) == 3, \
+        "\n".join([*review.problems, r.stdout + r.stderr])
     return r.stdout
 
 

@@ -46,12 +46,17 @@ def test_kvm_caps_probe_matches_the_preflight(selftest, target):
     r = selftest("guests/kvm_caps_probe", timeout=120)
     facts = diagnostics_kv(r.ktap)
     caps = target.capabilities()
-    # The target merged the same probe's facts into its capabilities ...
-    assert caps.kvm is not None and caps.kvm["vm_types"] == facts["vm_types"]
+    assert caps.kvm is not None  # the target merged the probe's facts into its capabilities
     assert caps.has("gmem_hugepages") == (facts["gmem_huge_flags"] != "none")
-    # ... while the preflight alone reads config and sysfs; the two must agree.
-    preflight = dataclasses.replace(caps, kvm=None)
+    # KVM itself must agree with what it advertises: a type in KVM_CAP_VM_TYPES is one that
+    # KVM_CREATE_VM accepts, and every other type is refused (0x0: the cap predates VM types).
     vm_types = facts["vm_types"].split()[1:]
+    created = {t: facts[f"create_vm_{t}"] for t in ("default", "sw_protected", "sev", "sev_es", "snp")}
+    if int(facts["vm_types"].split()[0], 16):
+        assert {t for t, result in created.items() if result == "ok"} == set(vm_types), (facts["vm_types"], created)
+    assert created["default"] == "ok"
+    # The preflight alone reads config and sysfs, never KVM: the two must agree.
+    preflight = dataclasses.replace(caps, kvm=None)
     assert ("sw_protected" in vm_types) == preflight.has("sw_protected_vm")
     assert ("snp" in vm_types) == preflight.has("snp")
 

@@ -12,15 +12,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.targets.capabilities import KNOWN_CAPS, capabilities, collect_hostcheck, cpu_generation, evaluate
+from harness.targets.capabilities import KNOWN_CAPS, capabilities, collect_hostcheck, evaluate
 from harness.targets.hostcheck import (
-    COLLECT_SCRIPT, DMESG_UNREADABLE, SECTIONS, parse_bracketed_mode, parse_cpuinfo, parse_dmesg, parse_hostcheck, parse_hugepages,
-    parse_kconfig, parse_key_values, parse_rmp_range, parse_sev_firmware, split_sections)
+    COLLECT_SCRIPT, DMESG_UNREADABLE, SECTIONS, cpu_generation, parse_bracketed_mode, parse_cpuid_snp, parse_cpuinfo,
+    parse_dmesg, parse_hostcheck, parse_hugepages, parse_kconfig, parse_key_values, parse_rmp_range, parse_sev_firmware,
+    snp_hardware, split_sections)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "hostcheck"
 CHECKS = ("cpu", "sev_snp_flag", "rmp_reserved", "snp_firmware", "dev_sev", "kvm_amd_sev_snp",
           "dev_kvm", "kernel_config")
 NOT_HOST = {"sev_snp_flag", "rmp_reserved", "snp_firmware", "dev_sev", "kvm_amd_sev_snp"}
+VM = NOT_HOST | {"cpu"}  # a VM's CPU cannot run host SNP, whatever its family and model
 
 
 def load(name: str):
@@ -44,9 +46,10 @@ def checks_of(facts) -> dict:
     ("genoa-rmp-not-reserved.txt", False,
      {"sev_snp_flag", "rmp_reserved", "snp_firmware", "kvm_amd_sev_snp"}, ()),
     ("genoa-dmesg-restricted.txt", False, {"rmp_reserved", "snp_firmware"}, ()),
-    ("qemu-tcg-6.12-guest.txt", False, NOT_HOST,
+    ("qemu-tcg-6.12-guest.txt", False, VM,
      ("section 'tracefs' missing", "section 'kvm-events' missing")),
-    ("thismachine-kvm-pvm.txt", False, NOT_HOST | {"kernel_config"}, ()),
+    ("thismachine-kvm-pvm.txt", False, VM | {"kernel_config"}, ()),
+    ("milan-bios-smee-off.txt", False, NOT_HOST, ()),
 ])
 def test_capture_verdicts(capture, ready, failing, problems):
     caps = caps_of(capture)
@@ -70,6 +73,7 @@ _PROBED = {"gmem_hugepages", "gmem_mmap", "gmem_init_shared"} & set(KNOWN_CAPS)
     ("qemu-tcg-6.12-guest.txt", {"kvm", "sw_protected_vm", "guest_memfd", "thp", "hugetlb_2m",
                                  "debugfs", "split_huge_pages"}),
     ("thismachine-kvm-pvm.txt", {"thp", "hugetlb_2m"}),
+    ("milan-bios-smee-off.txt", set(KNOWN_CAPS) - {"snp", "sev", "sev_es"} - _PROBED),
 ])
 def test_capture_capabilities(capture, present):
     caps = caps_of(capture)
@@ -115,6 +119,21 @@ def test_failure_lines_are_the_kernels_own():
     assert genoa.kvm_sev == {"SEV": "enabled", "SEV-ES": "enabled"}
     off = load("milan-snp-param-off.txt")
     assert off.kvm_sev["SEV-SNP"] == "disabled" and off.snp_api == (1, 55, 21)
+
+
+# drivers/crypto/ccp/sev-dev.c: 6.12's _sev_platform_init_locked(), and the SNP host series' sev_pci_init()
+# before its merge (vendor and distro kernels), which printed no rc.
+INIT_FAILED = ("ccp 0000:22:00.1: SEV-SNP: failed to INIT rc -5, error 0x3",
+               "ccp 0000:22:00.1: SEV-SNP: failed to INIT error 0x3")
+
+
+@pytest.mark.parametrize("line", INIT_FAILED)
+def test_snp_init_failure_in_either_wording_fails_the_firmware_check(line):
+    facts = parse_dmesg([f"[    8.899990] {line}", "[    8.900007] ccp 0000:22:00.1: SEV API:1.55 build:21"])
+    assert facts.snp_errors == (line,) and facts.snp_api is None
+    f = dataclasses.replace(load("milan-old-firmware.txt"), snp_errors=facts.snp_errors, sev_api=facts.sev_api)
+    check = checks_of(f)["snp_firmware"]
+    assert not check.ok and line in check.detail and "SEV API:1.55 build:21" in check.detail
 
 
 def test_unreadable_dmesg_is_not_a_verdict():
@@ -345,9 +364,105 @@ def test_cpu_generation(family, model, name):
 
 
 def test_unknown_model_is_said_plainly():
-    f = dataclasses.replace(load("milan-snp-ready.txt"), cpu_model=0x21)
+    f = dataclasses.replace(load("milan-bios-smee-off.txt"), cpu_model=0x21, cpuid_snp=None)
     check = evaluate(f).checks[0]
-    assert check.ok and "model not recognised" in check.detail
+    assert check.ok and "model not recognised, but an EPYC" in check.detail
+
+
+# ---- can the machine do SNP at all? (skip) or is it only not set up? (fail) --------------
+
+def cpu_facts(name: str, **kw):
+    c = parse_cpuinfo((DATA / name).read_text().splitlines())
+    assert c.problems == ()
+    return dataclasses.replace(load("milan-bios-smee-off.txt"), cpu_vendor=c.vendor, cpu_family=c.family,
+                               cpu_model=c.model, cpu_model_name=c.model_name, cpu_flags=c.flags,
+                               **{"cpuid_snp": None, **kw})
+
+
+@pytest.mark.parametrize("capture, capable, words", [
+    ("milan-snp-ready.txt", True, ["Zen 3 (Milan)"]),
+    ("genoa-rmp-not-reserved.txt", True, ["Zen 4 (Genoa)"]),   # the kernel hid sev_snp: no RMP
+    ("milan-bios-smee-off.txt", True, ["Zen 3 (Milan)"]),      # no sev flags at all: SMEE off
+    ("milan-old-firmware.txt", True, ["Zen 3 (Milan)"]),
+    ("genoa-dmesg-restricted.txt", True, ["Genoa"]),
+    ("qemu-tcg-6.12-guest.txt", False, ["a VM", "hypervisor"]),  # -cpu EPYC-Milan: family 19h all the same
+    ("thismachine-kvm-pvm.txt", False, ["a VM"]),
+])
+def test_snp_hardware_on_captures(capture, capable, words):
+    hw = snp_hardware(load(capture))
+    assert hw.capable is capable
+    assert all(w in hw.evidence for w in words), hw.evidence
+
+
+@pytest.mark.parametrize("cpuinfo, kw, capable, words", [
+    ("cpuinfo-thismachine-vm.txt", {}, False, ["a VM"]),   # family 19h model 1 "AMD EPYC", hypervisor
+    ("cpuinfo-thismachine-vm.txt", {"cpuid_snp": True}, False, ["a VM"]),
+    ("cpuinfo-constructed-xeon-8480.txt", {}, False, ["GenuineIntel", "AMD's"]),
+    ("cpuinfo-constructed-ryzen-5950x.txt", {}, False, ["family 19h model 21h", "no SNP-capable EPYC"]),
+    ("cpuinfo-constructed-ryzen-5950x.txt", {"cpuid_snp": False}, False, ["EAX bit 4 is clear"]),
+    ("cpuinfo-constructed-epyc-7742-rome.txt", {}, False, ["family 17h", "no SNP-capable EPYC"]),
+    # what the CPU reports outranks a family/model table that does not know the part
+    ("cpuinfo-constructed-ryzen-5950x.txt", {"cpuid_snp": True}, True, ["EAX bit 4 (SEV-SNP) is set"]),
+    # the RMP is probed only on SNP hardware: its messages prove it, whatever the table says
+    ("cpuinfo-constructed-ryzen-5950x.txt",
+     {"snp_errors": ("SEV-SNP: Memory for the RMP table has not been reserved by BIOS",)}, True, ["probed the RMP"]),
+    ("cpuinfo-constructed-ryzen-5950x.txt", {"rmp_range": (0x64000000, 0xA41FFFFF)}, True, ["found SEV-SNP"]),
+])
+def test_snp_hardware_on_cpuinfo(cpuinfo, kw, capable, words):
+    hw = snp_hardware(cpu_facts(cpuinfo, **kw))
+    assert hw.capable is capable
+    assert all(w in hw.evidence for w in words), hw.evidence
+
+
+def test_unidentified_cpu_is_never_a_reason_to_skip():
+    f = dataclasses.replace(load("milan-bios-smee-off.txt"), cpu_vendor="", cpu_family=None, cpu_model=None,
+                            cpu_model_name="", cpuid_snp=None)
+    assert snp_hardware(f).capable
+
+
+@pytest.mark.parametrize("capture, misconfigured", [
+    ("genoa-rmp-not-reserved.txt", True), ("milan-bios-smee-off.txt", True), ("milan-old-firmware.txt", True),
+    ("milan-snp-param-off.txt", True), ("genoa-dmesg-restricted.txt", True),
+    ("milan-snp-ready.txt", False),                                      # nothing missing
+    ("qemu-tcg-6.12-guest.txt", False), ("thismachine-kvm-pvm.txt", False),  # cannot: these skip
+])
+def test_missing_snp_on_capable_hardware_is_a_setup_fault(capture, misconfigured):
+    caps = caps_of(capture)
+    assert caps.misconfigured("snp") is misconfigured
+    assert caps.has("snp") is (capture == "milan-snp-ready.txt")
+    assert not caps.misconfigured("thp") and not caps.misconfigured("sev")  # only what hardware alone rules out
+
+
+def test_smee_off_names_the_bios_fix():
+    caps = caps_of("milan-bios-smee-off.txt")
+    check = {c.name: c for c in caps.checks}
+    assert check["cpu"].ok and not check["sev_snp_flag"].ok
+    assert "SMEE" in check["sev_snp_flag"].fix
+    assert caps.facts.snp_errors == ("ccp 0000:22:00.1: SEV: memory encryption not enabled by BIOS",)
+    assert caps.facts.cpuid_snp is True and caps.facts.problems == ()
+
+
+@pytest.mark.parametrize("name, snp", [
+    ("cpuid-8000001f-constructed-milan.txt", True),
+    ("cpuid-8000001f-thismachine-kvm-pvm.txt", False),
+])
+def test_parse_cpuid_snp(name, snp):
+    text = (DATA.parent / "guest" / name).read_text()
+    assert parse_cpuid_snp(text.splitlines()) is snp
+
+
+@pytest.mark.parametrize("lines", [[], [""], ["0001007f 00000073"], ["zz 0 0 0"], ["1 2 3 4 5"]])
+def test_parse_cpuid_snp_malformed(lines):
+    assert parse_cpuid_snp(lines) is None
+
+
+def test_cpuid_section_only_from_format_2():
+    text = (DATA / "milan-bios-smee-off.txt").read_text()
+    without = text.replace("@@snp-harness:cpuid@@\n 0001007f 00000073 000001fd 00000001\n", "")
+    assert "section 'cpuid' missing" in parse_hostcheck(without).problems  # format 2 promised it
+    assert parse_hostcheck(without.replace("format=2", "format=1")).problems == ()
+    garbled = text.replace(" 0001007f 00000073 000001fd 00000001", "dd: error reading")
+    assert parse_hostcheck(garbled).problems == ("cpuid: not four 32-bit words: 'dd: error reading'",)
 
 
 # ---- the collector ----------------------------------------------------------

@@ -379,7 +379,7 @@ def test_image_info(image):
     assert info.sha256 == hashlib.sha256(data).hexdigest()
     assert info.files == sum(1 for x in entries if stat.S_ISREG(x.mode))
     assert info.entries == len(entries) - 1
-    assert "/lib64/ld-linux-x86-64.so.2" in info.libraries and 0 < info.duration_s < 60
+    assert "/lib64/ld-linux-x86-64.so.2" in info.libraries and info.duration_s > 0  # measured, for the log
     assert [p.name for p in info.path.parent.iterdir()] == [info.path.name]  # no temporary files left
 
 
@@ -447,7 +447,11 @@ REAL_BUNDLE = _real_bundle()  # read at import, before the autouse fixture isola
 def test_real_bundle(image, tmp_path):
     spec, *_ = image
     info = build_initramfs(replace(spec, selftests_tar=REAL_BUNDLE), tmp_path / "r.cpio.gz")
-    names = {e.name for e in read_newc(gzip.decompress(info.path.read_bytes()))}
+    entries = {e.name: e for e in read_newc(gzip.decompress(info.path.read_bytes()))}
     with tarfile.open(REAL_BUNDLE) as tar:
-        assert {f"selftests/{m.name}" for m in tar if m.isfile()} <= names
-    assert info.duration_s < 60
+        files = [m for m in tar if m.isfile()]
+        assert {f"selftests/{m.name}" for m in files} <= entries.keys()
+        for m in files:  # every program and file of the bundle, byte for byte, runnable where it was
+            e = entries[f"selftests/{m.name}"]
+            assert e.data == tar.extractfile(m).read(), m.name
+            assert bool(e.mode & 0o111) == bool(m.mode & 0o111), m.name

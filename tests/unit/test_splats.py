@@ -98,6 +98,11 @@ EXPECTED: dict[str, list[tuple[str, str, int, int]]] = {
         ("SEV: Failed to PSMASH RMP entry for PFN ADDR error NUM", "snp", 6, 16),
         ("Leaking PFN range ADDR-ADDR", "snp", 17, 17),
     ],
+    # the SNP host series' sev_pci_init() (no rc) and 6.12's _sev_platform_init_locked() (README.md)
+    "constructed-snp-init-wordings.log": [
+        ("SEV-SNP: failed to INIT error NUM", "snp", 3, 3),
+        ("SEV-SNP: failed to INIT rc NUM, error NUM", "snp", 7, 7),
+    ],
     "constructed-kmsg-warn.log": [
         ("WARNING in kvm_arch_post_set_memory_attributes", "kvm", 5, 20),
         ("SEV-SNP: failed to INIT rc NUM, error NUM", "snp", 21, 21),
@@ -533,6 +538,10 @@ def test_prefilter_never_changes_the_result(monkeypatch):
      "BUG: Bad rss-counter state mm", "bug"),
     ("BUG: Kernel NULL pointer dereference on read at 0x00000000",   # powerpc
      "BUG: Kernel NULL pointer dereference on read at ADDR", "bug"),
+    # SNP INIT failing: "%#x" of 0 is "0"; the SNP host series before its merge printed no rc
+    ("ccp 0000:46:00.1: SEV-SNP: failed to INIT error 0", "SEV-SNP: failed to INIT error NUM", "snp"),
+    ("ccp 0000:46:00.1: SEV-SNP: failed to INIT error 0x3", "SEV-SNP: failed to INIT error NUM", "snp"),
+    ("ccp 0000:22:00.1: SEV-SNP: failed to INIT rc -95, error 0", "SEV-SNP: failed to INIT rc NUM, error NUM", "snp"),
 ])
 def test_report_lines_of_every_era(line, title, category):
     for prefix in ("", "[  101.220301][ T3301] "):
