@@ -153,7 +153,11 @@ class TargetEvidence:
                     end_seq = self.kmsg.wait_for(token)
                 except TransportError as e:
                     problem = str(e)
-            self._record_slice(ev, window.nodeid, self.kmsg.slice(window.start_seq, end_seq), problem)
+            dslice = self.kmsg.slice(window.start_seq, end_seq)
+            if dslice.dropped and problem is None:  # unchecked records: no verdict can call them quiet
+                problem = (f"{dslice.dropped_count} kmsg record(s) of this test were over the in-memory limit "
+                           "and were not checked for splats (kmsg.log has every one)")
+            self._record_slice(ev, window.nodeid, dslice, problem)
         if problem is not None:  # what arrived is kept; the collection failure itself is an error
             raise EvidenceError(f"{self.target.name}: collecting the evidence of {window.nodeid} failed: "
                                 f"{problem}", ev)
