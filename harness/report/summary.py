@@ -180,6 +180,7 @@ def build(run_dir: Path, meta: dict, cases, suite_props, maps: list[RmpMap], pro
     b += _splats(run_dir, cases)
     b += _rmp(run_dir, cases, maps)
     b += _skips(cases)
+    b += _subtest_skips(cases)
     if problems:
         b += [("h", 2, ["Problems reading this run"]),
               ("table", ["problem"], [[([p], "")] for p in problems])]
@@ -315,6 +316,16 @@ def _skips(cases) -> list:
         rows.append([([reason], ""), ([str(len(group))], ""), (names, "")])
     return [("h", 2, [f"Skipped ({sum(len(g) for g in by_reason.values())})"]),
             ("table", ["reason", "count", "tests"], rows)]
+
+
+def _subtest_skips(cases) -> list:
+    """Subtests a scenario skipped as declared: not hidden inside a passing test."""
+    rows = [[([Code(c.nodeid)], ""), ([c.target], ""), ([skip], "")]
+            for c in cases for skip in c.props("subtest_skip")]
+    if not rows:
+        return []
+    return [("h", 2, [f"Subtests skipped as declared ({len(rows)})"]),
+            ("table", ["test", "target", "subtest: reason (declared: why)"], rows)]
 
 
 def _spaced(groups) -> list:

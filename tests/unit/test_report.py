@@ -419,3 +419,16 @@ def test_dumps_kept_only_gzipped_are_read_from_the_gzip(tmp_path):
     assert "ok: recorded by the evidence" in md  # teardown: no map wanted, the recorded verdict
     assert sorted(p.name for p in d.iterdir()) == ["running.bin.gz", "running.json", "teardown.bin.gz",
                                                     "teardown.json"]  # nothing unpacked left behind
+
+
+def test_summary_lists_subtests_skipped_as_declared(run_dir):
+    xml = JUnitXml.fromfile(str(run_dir / "junit.xml"))
+    case = next(tc for suite in xml for tc in suite if tc.name == "test_gmem_misaligned_conversions[qemu://]")
+    case.add_property("subtest_skip", "collapse_2m: MADV_COLLAPSE EINVAL (declared: no THP on this host)")
+    xml.write(str(run_dir / "junit.xml"))
+    (run_dir / "metadata.json").write_text(json.dumps(META))
+    write_summary(run_dir)
+    md = _unescaped((run_dir / "summary.md").read_text())
+    assert "## Subtests skipped as declared (1)" in md
+    assert ("| `tests/snp/test_gmem.py::test_gmem_misaligned_conversions[qemu://]` | qemu:// | "
+            "collapse_2m: MADV_COLLAPSE EINVAL (declared: no THP on this host) |") in md
