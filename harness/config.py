@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 CONFIG_ENV = "SNP_HARNESS_CONFIG"
 CONFIG_NAME = "snp-harness.toml"
 DEFAULT_LEASE_FILE = "/var/lock/snp-harness.lease"
+DEFAULT_STAGE_DIR = "/var/lib/snp-harness/stage"
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
@@ -66,6 +67,9 @@ class HostConfig:
     connect_timeout: float = 15.0
     guest: GuestHostConfig = GuestHostConfig()
     lease_file: str = DEFAULT_LEASE_FILE  # on the host: the flock that makes a run exclusive
+    # On the host: where builds are staged; every component is checked to be writable by us only.
+    stage_dir: str = DEFAULT_STAGE_DIR
+    power_cycle_timeout_s: float = 300.0  # a power_cycle command running longer is killed
     # A labgrid place whose reservation replaces our lease; the address may then come from it.
     labgrid_place: str | None = None
     labgrid_coordinator: str | None = None  # host:port; default: labgrid's own $LG_COORDINATOR
@@ -201,6 +205,8 @@ def _build(path: Path | None, data: dict[str, Any]) -> HarnessConfig:
             connect_timeout=_opt(t, where, "connect_timeout", _seconds, 15.0),
             guest=_guest_table(t.get("guest", {}), f"{where}.guest"),
             lease_file=_opt(t, where, "lease_file", _string, DEFAULT_LEASE_FILE),
+            stage_dir=_opt(t, where, "stage_dir", _absolute, DEFAULT_STAGE_DIR),
+            power_cycle_timeout_s=_opt(t, where, "power_cycle_timeout_s", _seconds, 300.0),
             labgrid_place=_opt(t, where, "labgrid_place", _string, None),
             labgrid_coordinator=_opt(t, where, "labgrid_coordinator", _string, None),
         )
@@ -282,6 +288,13 @@ def _argv(value: object, key: str) -> tuple[str, ...]:
     elif isinstance(value, list):
         redact.register_argv([v for v in value if isinstance(v, str)])
     return _strings(value, key)
+
+
+def _absolute(value: object, key: str) -> str:
+    path = _string(value, key)
+    if not path.startswith("/"):
+        raise _expected(key, "an absolute path", value)
+    return path
 
 
 def _bool(value: object, key: str) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness.config import BootMethod, HostConfig
+from harness.config import DEFAULT_STAGE_DIR, BootMethod, HostConfig
 from harness.errors import (BootError, BootTimeout, ConfigError, HarnessError, HostKeyError, InfraError,
                             TransportError)
 from harness.redact import redact_argv, scrub
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 __all__ = ["GRUB_SCRIPT", "REMOTE_ROOT", "HostTarget", "bzimage_version", "matches_version", "next_cmdline"]
 
 # Where builds are staged: root's own, persistent (unlike /var/tmp, nobody else may create it first).
-REMOTE_ROOT = "/var/lib/snp-harness/stage"
+REMOTE_ROOT = DEFAULT_STAGE_DIR
 GRUB_SCRIPT = "/etc/grub.d/42_snp_harness"
 POWER_CYCLE_TIMEOUT_S = 300
 

@@ -59,7 +59,8 @@ def open_target(config: HarnessConfig, target_id: str, *, trust_new_host_key: bo
             raise ConfigError(f"host {host.name} has no address: it comes from its labgrid place "
                               f"{host.labgrid_place!r}, which only a leased run reserves "
                               "(pytest --snp-host, snp-harness boot); or set its address in the inventory")
-        return HostTarget(host, trust_new_host_key=trust_new_host_key, workdir=workdir)
+        return HostTarget(host, trust_new_host_key=trust_new_host_key, workdir=workdir, stage_root=host.stage_dir,
+                          power_cycle_timeout_s=host.power_cycle_timeout_s)
     if scheme == "local":
         from harness.targets.local import LocalTarget
 

@@ -128,6 +128,8 @@ BAD = [
     ("toml-syntax", "[hosts.epyc1]\naddress = \n",
      "invalid TOML: Invalid value (at line 2, column 11)"),
     ("toml-duplicate", MINIMAL_HOST + MINIMAL_HOST, "invalid TOML: "),
+    ("relative-stage-dir", MINIMAL_HOST + 'stage_dir = "var/tmp/x"',
+     "hosts.epyc1.stage_dir: expected an absolute path, found 'var/tmp/x'"),
 ]
 
 
@@ -241,8 +243,11 @@ power_cycle = ["ipmitool", "chassis", "power", "cycle"]
 console = ["conserver", "epyc1"]
 tags = ["genoa", "snp"]
 connect_timeout = 2
+stage_dir = "/srv/snp-stage"
+power_cycle_timeout_s = 90
 """))
     h = cfg.host("epyc1")
+    assert (h.stage_dir, h.power_cycle_timeout_s) == ("/srv/snp-stage", 90.0)
     assert (h.port, h.user, h.boot_method) == (2222, "kvm", "grub")
     assert h.boot_method is BootMethod.GRUB
     assert h.power_cycle == ("ipmitool", "chassis", "power", "cycle")
