@@ -229,7 +229,7 @@ def catalogue_entries() -> list[Entry]:
 
 def hostcheck_entries() -> list[Entry]:
     """hostcheck's dmesg regexes (searched, not anchored, as parse_dmesg() uses them)."""
-    from harness.targets.hostcheck import KERNEL_MESSAGES   # data only: evidence does not drive targets
+    from harness.targets.host_messages import KERNEL_MESSAGES   # data only: evidence does not drive targets
     return [Entry(f"hostcheck:{name}", tuple(Fmt(**d) for d in fmts), lambda s, rx=rx: rx.search(s) is not None)
             for name, rx, fmts in KERNEL_MESSAGES]
 

@@ -8,7 +8,7 @@ Everything here is pure: no I/O, and malformed input is recorded in
 
 The dmesg texts matched below are the kernel's own format strings (6.12 and 7.x), from
 arch/x86/virt/svm/sev.c, arch/x86/kvm/svm/sev.c, drivers/crypto/ccp/sev-dev.c,
-drivers/iommu/amd/init.c and arch/x86/mm/mem_encrypt.c; KERNEL_MESSAGES names each one's
+drivers/iommu/amd/init.c and arch/x86/mm/mem_encrypt.c; host_messages.KERNEL_MESSAGES names each one's
 source for the format-drift check (harness/evidence/format_drift.py).
 """
 
@@ -17,6 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
+
+from harness.targets.host_messages import (IOMMU_SNP_OK, KVM_SEV, MEM_ENCRYPT, RMP_RANGE, SEV_API, SNP_API, SNP_ERRORS,
+                                           TIMESTAMP)
 
 # Every command tolerates absence, so a bare busybox initramfs still exits 0.
 # A line "@@snp-harness:<section>@@" starts each section; "end" proves we got it all.
@@ -110,84 +113,6 @@ _MARKER = re.compile(r"@@snp-harness:([\w:.-]+)@@")
 
 SNP_MIN_API = (1, 51)  # SNP_MIN_API_MAJOR/MINOR in drivers/crypto/ccp/sev-dev.c
 DMESG_UNREADABLE = "dmesg unreadable (not root / dmesg_restrict)"
-
-# Where the dmesg texts below come from: format_drift.py checks each against every supported
-# tree (keys: harness.evidence.splat_patterns.Fmt), so a rewording shows up in CI first.
-def _src(path: str, prefix: str = ""):
-    return lambda text, **kw: dict(path=path, text=text, prefix=prefix, **kw)
-
-
-_host, _kvm = _src("arch/x86/virt/svm/sev.c", "SEV-SNP: "), _src("arch/x86/kvm/svm/sev.c", "kvm_amd: ")
-_ccp, _iommu = _src("drivers/crypto/ccp/sev-dev.c", "ccp 0000:01:00.5: "), _src("drivers/iommu/amd/init.c", "AMD-Vi: ")
-_SEGMENTED = r"\bsetup_segmented_rmptable\("    # 6.14+: the RMP may be split into segments
-
-# dmesg lines that say SNP is unusable, by the source file that prints them: (regex, sources).
-_SNP_ERROR_SOURCES: tuple[tuple[str, tuple[dict, ...]], ...] = (
-    # arch/x86/virt/svm/sev.c (pr_fmt "SEV-SNP: ")
-    (r"SEV-SNP: Memory for the RMP table has not been reserved by BIOS",
-     (_host("Memory for the RMP table has not been reserved by BIOS"),)),
-    (r"SEV-SNP: RMP configuration not valid", (_host("RMP configuration not valid: base=%#llx, end=%#llx"),)),
-    (r"SEV-SNP: (?:Memory reserved for the RMP table|Segmented RMP) does not cover full system RAM",
-     (_host("Memory reserved for the RMP table does not cover full system RAM (expected 0x%llx got 0x%llx)"),
-      _host("Segmented RMP does not cover full system RAM (expected 0x%llx got 0x%llx)", when=_SEGMENTED))),
-    # 6.12 maps one table; 6.14+ maps segments and a bookkeeping area
-    (r"SEV-SNP: Failed to map RMP (?:table|segment|bookkeeping)",
-     (_host("Failed to map RMP table", alt="rmp_map"),
-      _host("Failed to map RMP segment addr 0x%llx size 0x%llx", alt="rmp_map"),
-      _host("Failed to map RMP bookkeeping area", alt="rmp_map"))),
-    (r"SEV-SNP: (?:Invalid RMP (?:size|segment base address)|RMP segment descriptor already exists"
-     r"|RMP segment size \(\d+\) is not within advertised bounds)",
-     tuple(_host(t, when=_SEGMENTED) for t in (
-         "Invalid RMP size 0x%llx for configured segment size 0x%llx",
-         "Invalid RMP segment base address 0x%llx for configured segment size 0x%llx",
-         "RMP segment descriptor already exists at index %llu",
-         "RMP segment size (%u) is not within advertised bounds (min=%u, max=%u)"))),
-    (r"SEV-SNP: SNP init failed: not all CPUs online",
-     (_host("SNP init failed: not all CPUs online. (%*pbl online <-> %*pbl present masks).",
-            when=r"\bsnp_prepare\("),)),
-    # drivers/iommu/amd/init.c: "AMD-Vi: SNP: ..., SNP cannot be supported."
-    (r"SNP cannot be supported", (_iommu("SNP: IOMMU SNP feature not enabled, SNP cannot be supported."),
-                                  _iommu("SNP: RMP initialization failed, SNP cannot be supported."))),
-    # drivers/crypto/ccp/sev-dev.c; the firmware-version one is dev_dbg (dyndbg only)
-    (r"SEV-SNP support requires firmware version", (_ccp("SEV-SNP support requires firmware version >= %d:%d"),)),
-    # 6.12's _sev_platform_init_locked(); 7.x returns the error without a word. The SNP host
-    # series before its merge (sev_pci_init(), in vendor and distro kernels) printed no rc.
-    (r"SEV-SNP: failed to INIT (?:rc -?\d+, )?error ", (_ccp("SEV-SNP: failed to INIT rc %d, error %#x", old=True),
-                                                      _ccp("SEV-SNP: failed to INIT error %#x", old=True))),
-    (r"SEV-SNP: SNP_INIT(_EX)? failed", (_ccp("SEV-SNP: %s failed rc %d, error %#x", args=("SNP_INIT",)),)),
-    (r"SEV-SNP: SNP_DF_FLUSH failed", (_ccp("SEV-SNP: SNP_DF_FLUSH failed rc %d, error %#x"),)),
-    (r"SEV: SNP_INIT_EX ", (_ccp("SEV: SNP_INIT_EX range list memory allocation failed"),
-                            _ccp("SEV: SNP_INIT_EX walk_iomem_res_desc failed rc = %d"))),
-    (r"SEV: memory encryption not enabled by BIOS", (_ccp("SEV: memory encryption not enabled by BIOS"),)),
-    (r"sev initialization failed", (_ccp("sev initialization failed"),)),
-    # arch/x86/kvm/svm/sev.c
-    (r"SEV: SNP_PLATFORM_STATUS failed", (_kvm("SEV: SNP_PLATFORM_STATUS failed ret=%d, fw_error=%d (%#x)"),)),
-)
-_SNP_ERRORS = re.compile("|".join(rx for rx, _ in _SNP_ERROR_SOURCES))
-# dmesg time and caller id ("[  12.3][ T123] "), as printk prints them
-_TIMESTAMP = re.compile(r"^(<\d+>)?(\[\s*\d+\.\d+\]\s?)?(\[\s*[CT]\d+\])?\s?")
-_SNP_API = re.compile(r"SEV-SNP API:(\d+)\.(\d+) build:(\d+)")
-_SEV_API = re.compile(r"(?<![\w-])SEV API:(\d+)\.(\d+) build:(\d+)")
-# 6.14+ hosts with a segmented RMP print the base table's range instead
-_RMP_RANGE = re.compile(r"RMP (?:base )?table physical range \[0x([0-9a-fA-F]+) - 0x([0-9a-fA-F]+)\]")
-_KVM_SEV = re.compile(r"kvm_amd: (SEV|SEV-ES|SEV-SNP) (enabled|disabled|unusable) \(ASIDs")
-_MEM_ENCRYPT = re.compile(r"Memory Encryption Features active: (.*)")
-_IOMMU_SNP_OK = "AMD-Vi: IOMMU SNP support enabled."
-
-# Every regex above that matches a kernel message, with its sources, for format_drift.py.
-KERNEL_MESSAGES: tuple[tuple[str, re.Pattern[str], tuple[dict, ...]], ...] = (
-    *((f"snp_errors /{rx}/", re.compile(rx), srcs) for rx, srcs in _SNP_ERROR_SOURCES),
-    ("snp_api", _SNP_API, (_ccp("SEV-SNP API:%d.%d build:%d"),)),
-    ("sev_api", _SEV_API, (_ccp("SEV API:%d.%d build:%d"),)),
-    ("rmp_range", _RMP_RANGE, (_host("RMP table physical range [0x%016llx - 0x%016llx]"),
-                               _host("Segmented RMP base table physical range [0x%016llx - 0x%016llx]",
-                                     when=_SEGMENTED))),
-    ("kvm_sev", _KVM_SEV, tuple(_kvm(f"{kind} %s (ASIDs %u - %u)", args=("enabled",))
-                                for kind in ("SEV", "SEV-ES", "SEV-SNP"))),
-    ("mem_encrypt", _MEM_ENCRYPT, (_src("arch/x86/mm/mem_encrypt.c")(
-        "Memory Encryption Features active: ", sample="Memory Encryption Features active: AMD SEV SEV-SNP"),)),
-    ("iommu_snp_ok", re.compile(re.escape(_IOMMU_SNP_OK)), (_iommu("IOMMU SNP support enabled."),)),
-)
 
 Version = tuple[int, int, int]
 
@@ -400,30 +325,30 @@ def parse_sev_firmware(lines: Iterable[str]) -> tuple[Version | None, Version | 
     """(SNP API, SEV API) from ccp's "SEV-SNP API:%d.%d build:%d" and "SEV API:..."; last wins."""
     snp = sev = None
     for line in lines:
-        if m := _SNP_API.search(line):
+        if m := SNP_API.search(line):
             snp = (int(m[1]), int(m[2]), int(m[3]))
-        elif m := _SEV_API.search(line):
+        elif m := SEV_API.search(line):
             sev = (int(m[1]), int(m[2]), int(m[3]))
     return snp, sev
 
 
 def parse_rmp_range(line: str) -> tuple[int, int] | None:
-    m = _RMP_RANGE.search(line)
+    m = RMP_RANGE.search(line)
     return (int(m[1], 16), int(m[2], 16)) if m else None
 
 
 def parse_dmesg(lines: Iterable[str]) -> DmesgFacts:
-    msgs = [_TIMESTAMP.sub("", line) for line in lines if line.strip()]
+    msgs = [TIMESTAMP.sub("", line) for line in lines if line.strip()]
     snp, sev = parse_sev_firmware(msgs)
-    kvm_lines = tuple(x[x.index("kvm_amd: "):] for x in msgs if _KVM_SEV.search(x))
+    kvm_lines = tuple(x[x.index("kvm_amd: "):] for x in msgs if KVM_SEV.search(x))
     rmp = [r for r in map(parse_rmp_range, msgs) if r]
-    mem = [m[1].strip() for m in map(_MEM_ENCRYPT.search, msgs) if m]
+    mem = [m[1].strip() for m in map(MEM_ENCRYPT.search, msgs) if m]
     return DmesgFacts(
         snp_api=snp, sev_api=sev, rmp_range=rmp[-1] if rmp else None,
-        snp_errors=tuple(x for x in msgs if _SNP_ERRORS.search(x)),
+        snp_errors=tuple(x for x in msgs if SNP_ERRORS.search(x)),
         kvm_sev_lines=kvm_lines,
-        kvm_sev={m[1]: m[2] for m in map(_KVM_SEV.search, kvm_lines) if m},
-        iommu_snp_enabled=any(_IOMMU_SNP_OK in x for x in msgs),
+        kvm_sev={m[1]: m[2] for m in map(KVM_SEV.search, kvm_lines) if m},
+        iommu_snp_enabled=any(IOMMU_SNP_OK in x for x in msgs),
         mem_encrypt=mem[-1] if mem else "",
         dmesg_from_boot=bool(msgs) and "Linux version" in msgs[0])
 
