@@ -142,6 +142,7 @@ def kernel_build(kernel_cache, kernel_source, tmp_path_factory):
     return build(BuildRequest(cache_dir=kernel_cache), log)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown of an interrupted session
 def pytest_sessionfinish(session, exitstatus):
     """No QEMU started by these tests may outlive them."""
     from harness.targets.qemu import live_qemu_pids

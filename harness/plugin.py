@@ -56,7 +56,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--snp-matrix", choices=("ci", "full"), default="ci",
                     help="conversion matrix: ci (each backing plain and at 4 memslots x 2 vCPUs) or full")
     group.addoption("--snp-no-evidence", action="store_true",
-                    help="no per-test dmesg slices, splat checks or kvm_rmp_fault tracing")
+                    help="no per-test dmesg slices, splat checks or kvm_rmp_fault tracing: tests pass "
+                         "unchecked, each saying so (property dmesg_evidence). Without it, a test that passes "
+                         "where the target's /dev/kmsg cannot be followed is an error")
     group.addoption("--snp-trust-new-host-key", action="store_true",
                     help="accept and record an unknown host key on first contact (never a changed one)")
     group.addoption("--snp-host-tag", metavar="TAG", action="append", default=[],
@@ -73,6 +75,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from harness.redact import install_log_scrubber
+
+    install_log_scrubber()  # before the inventory is read: its secrets never reach a captured log
     for name in _CLASHING_PLUGINS:
         if config.pluginmanager.has_plugin(name):
             raise pytest.UsageError(f"the {name} pytest plugin was loaded before snp-harness's and defines "
@@ -311,16 +316,22 @@ def _snp_needs(request: pytest.FixtureRequest) -> None:
     for mark in request.node.iter_markers("needs"):
         for cap in mark.args:
             reason = caps.missing(cap)
+            if reason and caps.misconfigured(cap):  # the hardware can: a setup fault, never a skip
+                pytest.fail(f"{t.name} can run {cap} ({caps.snp_hardware.evidence}) but is not set up for it: "
+                            f"{reason}", pytrace=False)
             if reason:
                 pytest.skip(f"{t.name}: {reason}")
 
 
 @pytest.fixture
 def selftest(target, request, snp_run_dir):
-    """run(binary, *args, timeout=...): one selftest on the target, its verdict made pytest's.
+    """run(binary, *args, timeout=..., subtests=None): one selftest on the target, its verdict made pytest's.
 
     KSFT_SKIP skips with the test's own reason; a failure or a timeout fails with
     the assertion (or the output's tail); the raw output goes to the run directory.
+    subtests (a sequence of harness.scenarios.subtests.DeclaredSkip; NO_SKIPS for none):
+    every KTAP subtest must then pass or skip as declared, else the test fails; each
+    declared skip that happened is a `subtest_skip` testcase property.
     """
     from harness.scenarios.programs import read_programs
     from harness.scenarios.runner import SelftestStatus, run_selftest
@@ -330,7 +341,7 @@ def selftest(target, request, snp_run_dir):
                     "or --snp-install for hosts")
     log_dir = snp_run_dir / "selftests" / _slug(request.node.nodeid)
 
-    def run(name: str, *args: str, timeout: float = 600):
+    def run(name: str, *args: str, timeout: float = 600, subtests=None):
         """`name`: a program's file name (found through the build's manifest) or its bundle path."""
         cached = getattr(target, "_snp_programs", None)
         if cached is None or cached[0] != target.selftests_dir:
@@ -349,6 +360,14 @@ def selftest(target, request, snp_run_dir):
             pytest.skip(f"{binary}: {r.reason}")
         if r.status is not SelftestStatus.PASS:
             pytest.fail(f"{r.command}: {r.status.value}: {r.reason}", pytrace=False)
+        if subtests is not None:
+            from harness.scenarios.subtests import review_subtests
+
+            review = review_subtests(r.ktap, subtests)
+            request.node.user_properties += [*review.properties(), ("subtests", review.summary())]
+            if not review.ok:
+                pytest.fail(f"{r.command}: exit 0, but not every subtest passed or skipped as declared:\n  "
+                            + "\n  ".join(review.problems), pytrace=False)
         return r
 
     return run
@@ -381,7 +400,11 @@ def _snp_evidence(request: pytest.FixtureRequest, _snp_needs):
     splat can fail the test itself; an infrastructure failure while collecting is raised here,
     in teardown, and so is reported as an error, never as a test failure.
     """
-    if "target" not in request.fixturenames or request.config.getoption("--snp-no-evidence"):
+    if "target" not in request.fixturenames:
+        yield
+        return
+    if request.config.getoption("--snp-no-evidence"):  # the user's choice, said on every testcase
+        request.node.user_properties.append(("dmesg_evidence", "off: --snp-no-evidence"))
         yield
         return
     ev = request.getfixturevalue("target_evidence")
@@ -397,6 +420,10 @@ def _snp_evidence(request: pytest.FixtureRequest, _snp_needs):
 def pytest_unconfigure(config: pytest.Config) -> None:
     """After pytest wrote --junitxml: attachments into it (idempotent; `snp-harness run` repeats it)."""
     xml = getattr(config.option, "xmlpath", None)
+    if xml and Path(xml).exists():
+        from harness.report.finish import drop_unnamed_cases
+
+        drop_unnamed_cases(Path(xml))  # a test an interrupt cut short: no result, never "passed"
     used = config.stash.get(_EVIDENCE_USED_KEY, False) or (
         _uses_targets(config) and bool(getattr(config.option, "numprocesses", None)))  # workers used it
     if not xml or not Path(xml).exists() or not used:
@@ -414,8 +441,10 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         return
     splat = _judge_evidence(item, rep) if _EVIDENCE_KEY in item.stash else False
     from harness.errors import InfraError
+    from harness.run import is_disk_full
 
-    if rep.failed and not splat and call.excinfo is not None and call.excinfo.errisinstance(InfraError):
+    if rep.failed and not splat and call.excinfo is not None and (
+            call.excinfo.errisinstance(InfraError) or is_disk_full(call.excinfo.value)):
         # The target died or a command hung inside the test body, and the kernel logged nothing
         # that explains it: no verdict on the kernel under test. pytest (terminal, JUnit) counts
         # a failed report of a phase other than "call" as an error, so relabel it (its message
@@ -427,12 +456,15 @@ def pytest_runtest_makereport(item: pytest.Item, call):
 
 def _judge_evidence(item: pytest.Item, rep) -> bool:
     """Apply the test's evidence to its report; True when a kernel splat failed it."""
-    from harness.evidence.session import EvidenceError
+    from harness.evidence.session import DmesgUnavailable, EvidenceError
 
     ev, window = item.stash[_EVIDENCE_KEY]
     del item.stash[_EVIDENCE_KEY]
+    unchecked = None
     try:
         found = ev.end(window)
+    except DmesgUnavailable as e:  # an error only where the test would pass unchecked (below)
+        unchecked, found = e, e.evidence
     except EvidenceError as e:  # what was collected still counts; the failure becomes an error
         item.stash[_EVIDENCE_ERROR_KEY] = e
         found = e.evidence
@@ -442,6 +474,8 @@ def _judge_evidence(item: pytest.Item, rep) -> bool:
     item.user_properties.extend(found.properties)
     message = found.failure
     if message is None:
+        if unchecked is not None and rep.passed:
+            item.stash[_EVIDENCE_ERROR_KEY] = unchecked
         return False
     if rep.failed:  # keep the test's own failure first; the splat goes with it
         rep.sections.append(("kernel splats", message))
@@ -475,3 +509,52 @@ def thp(target, request):
         yield Thp(stack)
     for name, delta in vmstat_delta(before, read_vmstat(target.transport)).items():
         request.node.user_properties.append((f"vmstat_{name}", f"{delta:+d}"))
+
+
+# -- stopping: SIGINT/SIGTERM, and a full artifact disk ---------------------------------------
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """SIGTERM (a CI runner's cancel) stops the session as Ctrl-C does: KeyboardInterrupt in the
+    main thread, and the fixtures tear their targets down. The next signal, often the same stop
+    sent twice (a terminal's to the process group and `snp-harness run`'s forward), is only
+    announced; one more abandons the cleanup."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    seen: list[int] = []
+    stderr = os.dup(2)  # the terminal's, not a test's captured stderr
+
+    def stop(signum, _frame) -> None:
+        seen.append(signum)
+        name = signal.Signals(signum).name
+        if len(seen) == 2:
+            os.write(stderr, f"\nsnp-harness: {name}: already stopping, tearing the targets down "
+                             "(once more abandons that)\n".encode())
+            return
+        raise KeyboardInterrupt(f"{name}" + (": cleanup abandoned" if len(seen) > 2 else ""))
+
+    old = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is default:  # never replace a handler someone else installed
+            old[sig] = signal.signal(sig, stop)
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        os.close(stderr)
+
+    session.config.add_cleanup(restore)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Before --junitxml is written: free the disk reserve `snp-harness run` set aside in the run
+    directory, so the report fits on a disk that filled up (the controller's, under xdist)."""
+    given = session.config.getoption("--snp-run-dir")
+    if given and getattr(session.config, "workerinput", None) is None:
+        from harness.run import release_reserve
+
+        release_reserve(Path(given))

@@ -3,23 +3,105 @@
 The suites run in a pytest child process (the harness's plugin does the target
 work); everything lands in one run directory: build.log, the targets' console
 logs, per-test selftest output, junit.xml, metadata.json with a reproducer.
+
+Faults the run survives (README, "Reliability"): SIGINT/SIGTERM are forwarded
+to the child, which tears its targets down, and the run directory is then
+finished with what ran; a full artifact disk ends the run as an infrastructure
+error, finished from a reserve set aside in the run directory when it began.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from harness.report.finish import finish_run
-from harness.report.junit import Case, read_cases
+from harness.errors import InfraError
+
+if TYPE_CHECKING:  # pragma: no cover - the report modules load with a run (numpy); the plugin needs less
+    from harness.report.junit import Case
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
+
+# Set aside when a run starts and freed once its tests end, so that junit.xml, metadata.json
+# and the summary still fit on a disk that filled up meanwhile.
+RESERVE = ".disk-reserve"
+RESERVE_BYTES = 8 << 20
+_FREE_AT_END = ".disk-free-at-end"  # bytes free just before the reserve went, by whoever freed it
+FULL_BELOW = 1 << 20  # less free than this when the tests ended: the disk was full
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# How an OSError of ours reads in a message (a selftest's own ENOSPC, a failure, is no sign)
+_DISK_FULL_TEXT = tuple(f"[Errno {n}] {os.strerror(n)}" for n in _DISK_FULL)
+
+
+class ArtifactDiskFull(InfraError):
+    """The disk holding the run directory is full."""
+
+    def __init__(self, run_dir: Path, detail: str = "") -> None:
+        self.run_dir = Path(run_dir)
+        super().__init__(
+            f"artifact disk full at {self.run_dir}{f' ({detail})' if detail else ''}: what was written "
+            "is kept there; free space on that disk (or point [artifacts] root at another) and run again")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _DISK_FULL
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def hold_reserve(run_dir: Path) -> None:
+    """Set RESERVE_BYTES aside in the run directory (ArtifactDiskFull when even that does not fit)."""
+    path = Path(run_dir) / RESERVE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise ArtifactDiskFull(run_dir, f"not even {RESERVE_BYTES >> 20} MiB free when the run began") from e
+        log.warning("%s: no disk reserve for this run: %s", path, e)  # a filesystem that can't: run without
+
+
+def release_reserve(run_dir: Path) -> None:
+    """Free the reserve (if held), noting how full the disk was just before."""
+    path = Path(run_dir) / RESERVE
+    try:
+        if not path.exists():
+            return
+        free = free_bytes(run_dir)
+        path.unlink()
+        (Path(run_dir) / _FREE_AT_END).write_text(str(free))
+    except OSError as e:  # never in the way of what the run still has to write
+        log.warning("%s: %s", path, e)
+
+
+def _free_at_end(run_dir: Path) -> int | None:
+    release_reserve(run_dir)  # the child died before it could
+    marker = run_dir / _FREE_AT_END
+    try:
+        free = int(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    marker.unlink(missing_ok=True)
+    return free
 
 
 @dataclass(frozen=True)
@@ -29,6 +111,8 @@ class RunReport:
     cases: tuple[Case, ...] = field(default_factory=tuple)
     summary: tuple[Path, ...] = ()          # junit.xml (enriched), summary.md, summary.html, maps
     report_problems: tuple[str, ...] = ()
+    stop_signal: int | None = None          # SIGINT or SIGTERM, when one stopped the run
+    disk_full: ArtifactDiskFull | None = None
 
     def count(self, outcome: str) -> int:
         return sum(1 for c in self.cases if c.outcome == outcome)
@@ -53,16 +137,93 @@ def pytest_argv(run_dir: Path, *, config: Path | None, hosts: Sequence[str], ins
     return [*argv, *extra]
 
 
+class _Forward:
+    """While the child runs: SIGINT and SIGTERM go on to it (its plugin tears the targets down)
+    and are remembered, instead of ending this process with the child still running."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.child: subprocess.Popen | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> _Forward:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = self.signum or signum
+        if self.child is not None and self.child.poll() is None:
+            os.kill(self.child.pid, signum)
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
 def run_suites(run_dir: Path, argv: list[str], metadata: dict) -> RunReport:
-    """Run pytest (its output goes straight to the terminal), then read its JUnit."""
+    """Run pytest (its output goes straight to the terminal), then read its JUnit.
+
+    A signal is forwarded to pytest, which stops; a full disk is reported, not raised: either
+    way the run directory is finished with what was collected.
+    """
     start = time.monotonic()
-    (run_dir / "metadata.json").write_text(json.dumps({**metadata, "pytest": shlex.join(argv)}, indent=2))
-    rc = subprocess.call(argv, cwd=REPO_ROOT)
-    cases = read_cases(run_dir / "junit.xml")
-    meta = {**metadata, "pytest": shlex.join(argv), "pytest_exit": rc,
-            "duration_s": round(time.monotonic() - start, 1),
-            "counts": {o: sum(1 for c in cases if c.outcome == o) for o in ("passed", "failed", "error", "skipped")}}
-    (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
-    finished = finish_run(run_dir)  # enriched JUnit + summary.md/html, offline from what was written
-    cases = read_cases(run_dir / "junit.xml")  # as enriched: errors named for what they were
-    return RunReport(run_dir, rc, tuple(cases), finished.written, finished.problems)
+    meta = {**metadata, "pytest": shlex.join(argv)}
+    try:
+        hold_reserve(run_dir)
+        (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
+    except OSError as e:
+        release_reserve(run_dir)
+        if is_disk_full(e):
+            raise ArtifactDiskFull(run_dir, str(e)) from e
+        raise
+    from harness.report.finish import drop_unnamed_cases, finish_run
+    from harness.report.junit import read_cases
+    from harness.targets.qemu import stop_stray_qemu
+
+    with _Forward() as fwd:
+        rc = 2  # pytest's "interrupted": the signal came before it started
+        if fwd.signum is None:
+            fwd.child = subprocess.Popen(argv, cwd=REPO_ROOT)
+            rc = fwd.child.wait()
+        stopped = stop_stray_qemu(run_dir)  # a child killed outright leaves its VMs behind
+        free = _free_at_end(run_dir)
+        if (run_dir / "junit.xml").exists():
+            drop_unnamed_cases(run_dir / "junit.xml")  # before counting: a test cut short is no result
+        cases = read_cases(run_dir / "junit.xml")
+        full = [f"{free} bytes free when the tests ended"] if free is not None and free < FULL_BELOW else []
+        full += [f"{c.nodeid}: {_first_line(c.message)}" for c in cases
+                 if c.outcome == "error" and _says_disk_full(c.message)]
+        meta.update(pytest_exit=rc, duration_s=round(time.monotonic() - start, 1),
+                    counts={o: sum(1 for c in cases if c.outcome == o)
+                            for o in ("passed", "failed", "error", "skipped")})
+        if fwd.signum is not None:
+            meta["interrupted"] = signal.Signals(fwd.signum).name
+        if stopped:
+            meta["stray_qemu_stopped"] = stopped
+        if full:
+            meta["disk_full"] = str(ArtifactDiskFull(run_dir, full[0]))
+        written: tuple[Path, ...] = ()
+        problems: tuple[str, ...] = ()
+        try:
+            (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2))
+            finished = finish_run(run_dir)  # enriched JUnit + summary.md/html, offline from what was written
+            written, problems = finished.written, finished.problems
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            full.append(f"finishing the run directory: {e}")
+        full += [p for p in problems if _says_disk_full(p)]
+        cases = read_cases(run_dir / "junit.xml")  # as enriched: errors named for what they were
+    return RunReport(run_dir, rc, tuple(cases), written, problems, fwd.signum,
+                     ArtifactDiskFull(run_dir, full[0]) if full else None)
+
+
+def _says_disk_full(text: str) -> bool:
+    return any(t in (text or "") for t in _DISK_FULL_TEXT)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in (text or "").splitlines() if line.strip()), "")

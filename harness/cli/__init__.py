@@ -1,7 +1,8 @@
 """The snp-harness command line; the only module that prints.
 
 Exit codes: 0 pass, 1 test failure (or: host not SNP-ready), 2 config or
-usage error, 3 infrastructure error.
+usage error, 3 infrastructure error; 130 and 143 stopped by SIGINT and SIGTERM
+(what was started is ended first, and a run's directory finished).
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
+from harness import redact
 from harness.errors import ConfigError, HarnessError, HostKeyError, InfraError, PatchError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
@@ -99,7 +103,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    redact.install_log_scrubber()  # before any record: the inventory's secrets never reach a log
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sigterm = signal.getsignal(signal.SIGTERM)
+    if sigterm is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)  # a stop, not a death: what started is ended
     try:
         return args.func(args)
     except (ConfigError, PatchError) as e:
@@ -111,13 +119,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as e:  # pragma: no cover - every error is one of the above
         _err(f"error: {e}")
         return EXIT_INFRA
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
+    except KeyboardInterrupt as e:
+        _err(f"interrupted ({_signal_of(e).name})")
+        return 128 + _signal_of(e)
+    finally:
+        if sigterm is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI runner's cancel), raised in the main thread the way Ctrl-C is."""
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    raise _Terminated("SIGTERM")
+
+
+def _signal_of(e: KeyboardInterrupt) -> signal.Signals:
+    return signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT
 
 
 def _err(text: str) -> None:
-    print(text, file=sys.stderr)
+    print(redact.scrub(text), file=sys.stderr)  # an error may quote a command or its output
 
 
 def _config(args):
@@ -182,8 +205,6 @@ def _print_capabilities(name: str, caps) -> None:
 # -- build ---------------------------------------------------------------------
 
 def cmd_build(args) -> int:
-    import shlex
-
     from harness.artifacts import new_run_dir
     from harness.kernel.plan import build_request_from_args, plan_commands
     from harness.kernel.build import build
@@ -193,7 +214,7 @@ def cmd_build(args) -> int:
     request = build_request_from_args(args, config, workdir=run_dir)
     if args.dry_run:
         for argv in plan_commands(request):
-            print(shlex.join(argv))
+            print(redact.redact_argv(argv))
         return EXIT_OK
     log_path = run_dir / "build.log"
     with _progress() as progress:
@@ -260,7 +281,7 @@ def cmd_run(args) -> int:
     from harness.artifacts import new_run_dir
     from harness.kernel.build import build
     from harness.kernel.plan import build_request
-    from harness.run import pytest_argv, run_suites
+    from harness.run import ArtifactDiskFull, is_disk_full, pytest_argv, run_suites
 
     config = _config(args)
     from harness.targets.select import target_ids
@@ -268,12 +289,26 @@ def cmd_run(args) -> int:
     # Unknown hosts or tags are usage errors now, not pytest errors later.
     hosts = [t.split("://", 1)[1] for t in target_ids(config, args.hosts, None, tags=args.tags)
              if t.startswith("ssh://")]
-    run_dir = new_run_dir(config.artifacts.root, "run")
+    try:
+        run_dir = new_run_dir(config.artifacts.root, "run")
+    except OSError as e:
+        if is_disk_full(e):
+            raise ArtifactDiskFull(config.artifacts.root, str(e)) from e
+        raise
     print(f"run directory: {run_dir}")
     series_name = args.series or config.kernel.series
     print("[1/3] build (cached)", flush=True)
-    with _progress() as progress:
-        b = build(build_request(config, series_name=series_name, tree=args.tree), run_dir / "build.log", progress)
+    try:
+        with _progress() as progress:
+            b = build(build_request(config, series_name=series_name, tree=args.tree), run_dir / "build.log",
+                      progress)
+    except OSError as e:
+        if is_disk_full(e):
+            raise ArtifactDiskFull(run_dir, str(e)) from e
+        raise
+    except KeyboardInterrupt as e:  # the run directory says so, and why
+        _note_interrupted(run_dir, e, "build")
+        raise
     print(f"      {'cache hit' if b.hit else 'built'}: {b.key} ({b.metadata.get('kernel_release')}; "
           f"{b.metadata.get('package') or b.metadata.get('source')})", flush=True)
     extra = [a for a in args.pytest_args if a != "--"]
@@ -303,9 +338,26 @@ def cmd_run(args) -> int:
     if (run_dir / "summary.md").exists():
         print(f"summary: {run_dir / 'summary.md'} (and summary.html)")
     print(f"run directory: {run_dir}")
+    if report.stop_signal is not None:  # 130 or 143, as a shell reports a job stopped that way
+        _err(f"interrupted by {signal.Signals(report.stop_signal).name}: the targets were stopped; "
+             f"the run directory holds the {len(report.cases)} test(s) that ran")
+        return 128 + report.stop_signal
+    if report.disk_full is not None:
+        _err(f"infrastructure error: {report.disk_full}")
+        return EXIT_INFRA
     if report.count("error") or (report.pytest_exit not in (0, 1) and not report.cases):
         return EXIT_INFRA
     return EXIT_FAIL if report.count("failed") or report.pytest_exit == 1 else EXIT_OK
+
+
+def _note_interrupted(run_dir: Path, e: KeyboardInterrupt, phase: str) -> None:
+    from harness.report.finish import finish_run
+
+    try:
+        (run_dir / "metadata.json").write_text(json.dumps({"interrupted": _signal_of(e).name, "phase": phase}))
+        finish_run(run_dir)
+    except OSError as err:
+        log.warning("%s: %s", run_dir, err)
 
 
 def shlex_join(argv) -> str:
@@ -327,9 +379,9 @@ def cmd_qemu(args) -> int:
     if args.dry_run:
         accel, cpu, why = choose_accel(qcfg.accel)
         print(f"# {why}")
-        print(shlex.join(qemu_argv(qcfg, accel=accel, cpu=cpu, kernel=Path("<bzImage>"), initrd=Path("<initramfs>"),
-                                   port=0, console=Path("<run>/console.log"), qmp=Path("<run>/qmp.sock"),
-                                   pidfile=Path("<run>/qemu.pid"))))
+        print(redact.redact_argv(qemu_argv(qcfg, accel=accel, cpu=cpu, kernel=Path("<bzImage>"),
+                                           initrd=Path("<initramfs>"), port=0, console=Path("<run>/console.log"),
+                                           qmp=Path("<run>/qmp.sock"), pidfile=Path("<run>/qemu.pid"))))
         return EXIT_OK
     b = _the_build(args, config)
     target = QemuTarget(new_run_dir(config.artifacts.root, "qemu"), qcfg)
@@ -355,8 +407,6 @@ def cmd_qemu(args) -> int:
 
 
 def cmd_boot(args) -> int:
-    import shlex
-
     from harness.artifacts import new_run_dir
     from harness.targets.host import REMOTE_ROOT
     from harness.targets.leasing import held_target
@@ -365,12 +415,16 @@ def cmd_boot(args) -> int:
     host = config.host(args.host)
     if args.dry_run:
         remote = f"{REMOTE_ROOT}/<key>"
+        if host.console:  # started here, beside the boot; its secrets shown as ********
+            print(f"{host.name}: console (local): {redact.redact_argv(host.console)}")
         for argv in (["mkdir", "-p", remote], ["sftp-put", "<bzImage>", f"{remote}/bzImage"],
                      ["sha256sum", f"{remote}/bzImage"], ["cat", "/proc/sys/kernel/random/boot_id"],
                      ["kexec", "-l", f"{remote}/bzImage", "--command-line=<current /proc/cmdline>"]
                      if host.boot_method == "kexec" else ["update-grub"],
                      ["systemctl", "kexec"] if host.boot_method == "kexec" else ["grub-reboot", "<entry>"]):
-            print(f"{host.name}: {shlex.join(argv)}")
+            print(f"{host.name}: {redact.redact_argv(argv)}")
+        if host.power_cycle:
+            print(f"{host.name}: if it does not come back (local): {redact.redact_argv(host.power_cycle)}")
         return EXIT_OK
     b = _the_build(args, config)
     run_dir = new_run_dir(config.artifacts.root, f"boot-{host.name}")
@@ -392,15 +446,18 @@ def cmd_trust(args) -> int:
     transport = SshTransport.from_host(host)
     key = transport.host_key()
     known = KnownHosts(host.known_hosts)
-    recorded = known.keys_for(transport.hostid)
+    found = known.lookup(transport.hostid)
     print(f"{transport.name} ({transport.hostid}) offers {describe(key)}")
-    if key in recorded:
+    revoked = found.revoked_by(key)
+    if revoked is not None:
+        raise HostKeyError(f"{transport.name}: the offered key is revoked in {host.known_hosts} line {revoked.lineno}")
+    if found.matches(key) and not found.problems:
         print(f"already trusted in {host.known_hosts}")
         return EXIT_OK
-    if recorded and not args.replace:
+    if found.known and not args.replace:  # any entry, even one we cannot read, means the host is not new
         raise HostKeyError(
-            f"{transport.name}: the recorded key ({', '.join(describe(k) for k in recorded)}) differs from "
-            f"the offered one; if the host was reinstalled, run `snp-harness trust --replace {host.name}`")
+            f"{transport.name}: the offered key is not trusted: {found.summary()}. If the host was reinstalled, "
+            f"check the key out of band and run `snp-harness trust --replace {host.name}`")
     if args.fingerprint:
         if args.fingerprint != fingerprint(key):
             raise HostKeyError(
@@ -412,7 +469,7 @@ def cmd_trust(args) -> int:
     elif input("Trust this key? [y/N] ").strip().lower() not in ("y", "yes"):
         print("not trusted")
         return EXIT_FAIL
-    (known.replace if recorded else known.add)(transport.hostid, key)
+    (known.replace if args.replace else known.add)(transport.hostid, key)
     print(f"trusted: recorded in {host.known_hosts}")
     return EXIT_OK
 

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -114,6 +115,42 @@ def _kill(proc: subprocess.Popen, grace: float = 5.0) -> None:
 def _kill_all() -> None:  # Ctrl-C or a crash in the harness never leaves a VM behind
     for proc in list(_LIVE.values()):
         _kill(proc, grace=2.0)
+
+
+def stop_stray_qemu(run_dir: Path, grace: float = 5.0) -> list[int]:
+    """Stop every QEMU still running from a run directory's targets/*/qemu.pid; their PIDs.
+
+    For a process that started them and was killed outright (SIGKILL: no teardown, no atexit).
+    Only a process whose command line names that very pidfile is signalled.
+    """
+    stopped = []
+    for pidfile in sorted(Path(run_dir).resolve().glob("targets/*/qemu.pid")):
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not _runs_qemu_of(pid, pidfile):
+                break
+            log.warning("QEMU %d (%s) outlived the process that started it: %s", pid, pidfile, sig.name)
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            if pid not in stopped:
+                stopped.append(pid)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _runs_qemu_of(pid, pidfile):
+                time.sleep(0.05)
+    return stopped
+
+
+def _runs_qemu_of(pid: int, pidfile: Path) -> bool:
+    try:  # a zombie's cmdline is empty: it is gone
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(pidfile).encode() in argv
 
 
 @dataclass

@@ -5,6 +5,9 @@ the next that mends it), and one that breaks KVM_SET_MEMORY_ATTRIBUTES (the last
 every range keeps its old attribute), which our misaligned-conversion scenario catches.
 Commits are made with plumbing (no checkout of the tree) and fixed dates, so the same
 inputs give the same commit ids, and a warm build cache stays warm across runs.
+
+Apart from it, on a branch of its own off the same base: one commit whose kernel panics
+on boot (make_panic_commit), for the bisect rule that blames a commit for a crash.
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ COMMITS = (
 )
 BROKEN_BUILD, REGRESSION = 3, 5  # indexes into COMMITS
 
+# Built in (KVM=y in the local-target config): the kernel panics once it is up, after its banner.
+PANIC_MESSAGE = "snp-harness test: this commit panics on boot"
+_PANIC = (f"\nstatic int __init snp_harness_boot_panic(void)\n{{\n\tpanic(\"{PANIC_MESSAGE}\");\n"
+          "\treturn 0;\n}\nlate_initcall(snp_harness_boot_panic);\n")
+PANIC_COMMIT = ("KVM: check the memory attribute xarray once at boot", KVM_MAIN, lambda text: text + _PANIC)
+
 
 @dataclass(frozen=True)
 class History:
@@ -71,24 +80,41 @@ def _git(repo: Path, *args: str, env: dict | None = None, stdin: str | None = No
 
 def make_history(source_repo: Path, dest: Path, base_ref: str, branch: str = "bisect-history") -> History:
     """A clone of source_repo at dest (objects shared, nothing checked out) with COMMITS on base_ref."""
+    base = _base(source_repo, dest, base_ref)
+    parent, commits = base, []
+    for n, change in enumerate(COMMITS, 1):
+        parent = _commit(dest, parent, n, *change)
+        commits.append(parent)
+    _git(dest, "update-ref", f"refs/heads/{branch}", parent)
+    return History(dest, base, tuple(commits))
+
+
+def make_panic_commit(source_repo: Path, dest: Path, base_ref: str, branch: str = "bisect-panic") -> tuple[str, str]:
+    """(base, commit): PANIC_COMMIT alone on base_ref, in the same clone as make_history's."""
+    base = _base(source_repo, dest, base_ref)
+    commit = _commit(dest, base, len(COMMITS) + 1, *PANIC_COMMIT)
+    _git(dest, "update-ref", f"refs/heads/{branch}", commit)
+    return base, commit
+
+
+def _base(source_repo: Path, dest: Path, base_ref: str) -> str:
     if not (dest / "HEAD").exists() and not (dest / ".git").exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout", str(source_repo), str(dest)], check=True)
-    base = _git(dest, "rev-parse", f"{base_ref}^{{commit}}")
-    parent, commits = base, []
+    return _git(dest, "rev-parse", f"{base_ref}^{{commit}}")
+
+
+def _commit(dest: Path, parent: str, n: int, subject: str, path: str, edit: Callable[[str], str]) -> str:
+    """One commit on parent changing one file; the n-th minute of 2026 dates it (ids stay fixed)."""
     with tempfile.TemporaryDirectory() as tmp:
         index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        for n, (subject, path, edit) in enumerate(COMMITS, 1):
-            old = _git(dest, "cat-file", "blob", f"{parent}:{path}") + "\n"
-            blob = _git(dest, "hash-object", "-w", "--stdin", stdin=edit(old))
-            _git(dest, "read-tree", parent, env=index)
-            _git(dest, "update-index", "--cacheinfo", f"100644,{blob},{path}", env=index)
-            tree = _git(dest, "write-tree", env=index)
-            when = f"2026-01-01T00:{n:02d}:00+0000"
-            who = {"GIT_AUTHOR_NAME": "snp-harness test", "GIT_AUTHOR_EMAIL": "test@snp-harness.invalid",
-                   "GIT_COMMITTER_NAME": "snp-harness test", "GIT_COMMITTER_EMAIL": "test@snp-harness.invalid",
-                   "GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
-            parent = _git(dest, "commit-tree", tree, "-p", parent, "-m", subject, env=who)
-            commits.append(parent)
-    _git(dest, "update-ref", f"refs/heads/{branch}", parent)
-    return History(dest, base, tuple(commits))
+        old = _git(dest, "cat-file", "blob", f"{parent}:{path}") + "\n"
+        blob = _git(dest, "hash-object", "-w", "--stdin", stdin=edit(old))
+        _git(dest, "read-tree", parent, env=index)
+        _git(dest, "update-index", "--cacheinfo", f"100644,{blob},{path}", env=index)
+        tree = _git(dest, "write-tree", env=index)
+    when = f"2026-01-01T00:{n:02d}:00+0000"
+    who = {"GIT_AUTHOR_NAME": "snp-harness test", "GIT_AUTHOR_EMAIL": "test@snp-harness.invalid",
+           "GIT_COMMITTER_NAME": "snp-harness test", "GIT_COMMITTER_EMAIL": "test@snp-harness.invalid",
+           "GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
+    return _git(dest, "commit-tree", tree, "-p", parent, "-m", subject, env=who)
