@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy  # noqa: F401 (loaded here once: pytester's in-process runs drop what they import, and numpy cannot load twice)
 import pytest
 
 from harness.testing.sshd import LoopbackSshd
