@@ -437,6 +437,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call):
     outcome = yield
     rep = outcome.get_result()
+    _scrub_report(rep)
     if rep.when != "call":
         return
     splat = _judge_evidence(item, rep) if _EVIDENCE_KEY in item.stash else False
@@ -452,6 +453,23 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         rep.when = "setup"
         item.user_properties.append(("infrastructure_error", call.excinfo.exconly()[:500]))  # JUnit: teardown's
         rep.sections.append(("snp-harness", "infrastructure error during the test body: reported as an error"))
+
+
+def _scrub_report(rep) -> None:
+    """No registered secret in what pytest prints or writes of a test (traceback, skip reason,
+    captured output), whichever reporter reads the report next."""
+    from harness import redact
+
+    if not redact.any_registered():
+        return
+    if isinstance(rep.longrepr, tuple) and len(rep.longrepr) == 3:  # a skip: (path, line, reason)
+        path, line, reason = rep.longrepr
+        rep.longrepr = (path, line, redact.scrub(reason))
+    elif rep.longrepr is not None:
+        text = str(rep.longrepr)
+        if redact.scrub(text) != text:
+            rep.longrepr = redact.scrub(text)
+    rep.sections = [(title, redact.scrub(content)) for title, content in rep.sections]
 
 
 def _judge_evidence(item: pytest.Item, rep) -> bool:

@@ -141,6 +141,10 @@ def scrub(text: str) -> str:
     return pattern.sub(REDACTED, text)
 
 
+def any_registered() -> bool:
+    return _pattern is not None
+
+
 def scrub_all(texts: Iterable[str]) -> list[str]:
     return [scrub(t) for t in texts]
 

@@ -38,6 +38,15 @@ pytestmark = pytest.mark.snp
 def test_host_that_needs_a_power_cycle(target):
     target._recover("boot id before the boot that timed out")  # what boot() does after BootTimeout
     pytest.fail(f"{target.name} did not come back on the build")
+
+
+def test_a_careless_failure_message(target):  # a test that prints an inventory argv as it is
+    print("console was:", " ".join(target.host.console))
+    pytest.fail("power cycle was: " + " ".join(target.host.power_cycle))
+
+
+def test_a_careless_skip_reason(target):
+    pytest.skip("no BMC answers " + " ".join(target.host.power_cycle))
 """
 
 
@@ -91,7 +100,7 @@ def test_a_run_that_power_cycles_writes_no_secret(inventory, fake_ipmitool, tmp_
     report = run_suites(run_dir, argv, {"hosts": ["loop"], "reproducer_argv": ["snp-harness", "run"]})
     out = capfd.readouterr()
 
-    assert [c.outcome for c in report.cases] == ["failed"], out.out[-3000:]
+    assert [c.outcome for c in report.cases] == ["failed", "failed", "skipped"], out.out[-3000:]
     log = (run_dir / "pytest.log").read_text()
     # The power cycle ran and was logged, the password and the tool's echo of it redacted.
     assert f"power-cycling: ipmitool -I lanplus -H 127.0.0.1 -U admin -P {REDACTED} chassis power cycle" in log
@@ -102,6 +111,9 @@ def test_a_run_that_power_cycles_writes_no_secret(inventory, fake_ipmitool, tmp_
     assert _files_holding(tmp_path / "runs", SECRET, CONSOLE_SECRET) == []
     # The child's terminal output is the CI job's log.
     assert SECRET not in out.out + out.err and "power-cycling: ipmitool" in out.out
+    assert CONSOLE_SECRET not in out.out + out.err
+    assert f"power cycle was: ipmitool -I lanplus -H 127.0.0.1 -U admin -P {REDACTED}" in out.out
+    assert f"no BMC answers ipmitool -I lanplus -H 127.0.0.1 -U admin -P {REDACTED}" in out.out  # -rs
 
 
 def test_dry_runs_print_no_secret(inventory, capsys, tmp_path, monkeypatch):
