@@ -113,7 +113,9 @@ def run_step(bisect_dir: Path, commit: str, phase: str, *, series: Series | None
     report = run_suites(step_dir, argv, {"build": b.key, "commit": commit, "phase": phase, "bisect": str(bisect_dir),
                                          "hosts": plan.get("hosts") or ["qemu://"]})
     verdict = classify(report.pytest_exit, report.cases, repeat)
-    if verdict.outcome == "infra" and any(c.outcome == "error" for c in report.cases):
+    if report.disk_full is not None:  # tests that "passed" on a full disk were not all recorded
+        verdict = Verdict("infra", str(report.disk_full))
+    elif verdict.outcome == "infra" and any(c.outcome == "error" for c in report.cases):
         crash = crash_evidence(step_dir, b.metadata.get("kernel_release", ""))
         if crash:  # the target died, and the kernel under test said why: that is the commit's doing
             verdict = Verdict("bad", f"the kernel under test crashed: {crash} ({verdict.reason})", 1, 1,

@@ -197,7 +197,10 @@ def _header(meta: dict, cases, suite_props) -> list:
             ("tree", meta.get("tree_id")), ("config sha256", meta.get("config_sha256")),
             ("hosts", ", ".join(map(str, hosts)) if isinstance(hosts, list) else str(hosts)),
             ("duration", f"{meta['duration_s']} s" if meta.get("duration_s") is not None else None),
-            ("pytest exit", meta.get("pytest_exit")), ("reproducer", meta.get("reproducer"))]
+            ("pytest exit", meta.get("pytest_exit")), ("reproducer", meta.get("reproducer")),
+            # how the run ended early, when it did: the tests below are what ran
+            ("interrupted", f"by {meta['interrupted']}: only the tests below ran" if meta.get("interrupted") else None),
+            ("artifact disk", meta.get("disk_full"))]
     out = [("h", 2, ["Run"]),
            ("table", ["", ""], [[([k], ""), ([Code(str(v))] if k in ("build", "tree", "reproducer",
                                                                    "config sha256") else [str(v)], "")]

@@ -432,3 +432,12 @@ def test_summary_lists_subtests_skipped_as_declared(run_dir):
     assert "## Subtests skipped as declared (1)" in md
     assert ("| `tests/snp/test_gmem.py::test_gmem_misaligned_conversions[qemu://]` | qemu:// | "
             "collapse_2m: MADV_COLLAPSE EINVAL (declared: no THP on this host) |") in md
+
+
+def test_summary_says_how_a_run_ended_early(run_dir):
+    (run_dir / "metadata.json").write_text(json.dumps({**META, "interrupted": "SIGTERM",
+                                                       "disk_full": "artifact disk full at /runs/x"}))
+    write_summary(run_dir)
+    md = _unescaped((run_dir / "summary.md").read_text())
+    assert "| interrupted | by SIGTERM: only the tests below ran |" in md
+    assert "| artifact disk | artifact disk full at /runs/x |" in md
