@@ -74,53 +74,51 @@ class Waiter(threading.Thread):
             self.error = e
 
 
-def test_a_lease_holder_whose_link_drops_retakes_or_breaks(private_sshd, tmp_path):
-    lock = str(tmp_path / "lease")
+@pytest.fixture
+def two_runs(private_sshd, tmp_path):
+    """(lock path, run A's transport, run B's transport): two runs' own connections to one host."""
     a = enrolled_transport(private_sshd, tmp_path / "kh-a", name="run-a")
     b = enrolled_transport(private_sshd, tmp_path / "kh-b", name="run-b")
-    try:
-        # Nobody waiting: the link drops, the next command retakes the lease before it runs.
-        lease_a = acquire(a, "run-a", lock_path=lock)
-        os.kill(_session_of(private_sshd, a), signal.SIGKILL)
-        _wait_until(lambda: not lease_a.held, "run A's lease channel died with its link")
-        assert a.run(["cat", lock], timeout=30).stdout.count('"run_id": "run-a"') == 1
-        assert lease_a.held
-
-        # Run B waits; A's link drops; B takes the freed lock. A must then stop, not share the host.
-        waiter = Waiter(b, lock, WAIT_MARK)
-        waiter.start()
-        _wait_until(lambda: _flock_waiting(WAIT_MARK), "run B waits in flock", waiter=waiter)
-        os.kill(_session_of(private_sshd, a), signal.SIGKILL)
-        waiter.join(WAIT_MARK + 30)
-        assert waiter.error is None and waiter.lease is not None and waiter.lease.held
-        with pytest.raises(LeaseError, match=r"lost the lease .*run run-b"):
-            a.run(["true"], timeout=30)
-        with pytest.raises(LeaseError, match="unusable"):  # and it stays so: no command runs on B's host
-            a.run(["true"], timeout=30)
-        assert '"run_id": "run-b"' in b.run(["cat", lock], timeout=30).stdout
-        waiter.lease.release()
-    finally:
-        a.close()
-        b.close()
+    yield str(tmp_path / "lease"), a, b
+    a.close()
+    b.close()
 
 
-def test_a_run_waiting_for_a_lease_outlives_the_holders_reboot(private_sshd, tmp_path):
+def test_a_lease_holder_whose_link_drops_retakes_or_breaks(private_sshd, two_runs):
+    lock, a, b = two_runs
+    # Nobody waiting: the link drops, the next command retakes the lease before it runs.
+    lease_a = acquire(a, "run-a", lock_path=lock)
+    os.kill(_session_of(private_sshd, a), signal.SIGKILL)
+    _wait_until(lambda: not lease_a.held, "run A's lease channel died with its link")
+    assert a.run(["cat", lock], timeout=30).stdout.count('"run_id": "run-a"') == 1
+    assert lease_a.held
+
+    # Run B waits; A's link drops; B takes the freed lock. A must then stop, not share the host.
+    waiter = Waiter(b, lock, WAIT_MARK)
+    waiter.start()
+    _wait_until(lambda: _flock_waiting(WAIT_MARK), "run B waits in flock", waiter=waiter)
+    os.kill(_session_of(private_sshd, a), signal.SIGKILL)
+    waiter.join(WAIT_MARK + 30)
+    assert waiter.error is None and waiter.lease is not None and waiter.lease.held
+    with pytest.raises(LeaseError, match=r"lost the lease .*run run-b"):
+        a.run(["true"], timeout=30)
+    with pytest.raises(LeaseError, match="unusable"):  # and it stays so: no command runs on B's host
+        a.run(["true"], timeout=30)
+    assert '"run_id": "run-b"' in b.run(["cat", lock], timeout=30).stdout
+    waiter.lease.release()
+
+
+def test_a_run_waiting_for_a_lease_outlives_the_holders_reboot(private_sshd, two_runs):
     """A holder's kexec ends every SSH session on the host, the waiter's too: it reconnects and waits on."""
-    lock = str(tmp_path / "lease")
-    a = enrolled_transport(private_sshd, tmp_path / "kh-a", name="run-a")
-    b = enrolled_transport(private_sshd, tmp_path / "kh-b", name="run-b")
-    try:
-        lease_a = acquire(a, "run-a", lock_path=lock)
-        waiter = Waiter(b, lock, WAIT_MARK)
-        waiter.start()
-        _wait_until(lambda: _flock_waiting(WAIT_MARK), "run B waits in flock", waiter=waiter)
-        private_sshd.restart()  # every session is killed, as a reboot does; sshd comes back
-        waiter.join(WAIT_MARK + 60)
-        assert waiter.error is None, f"the waiting run failed: {waiter.error!r}"
-        assert waiter.lease is not None and waiter.lease.held
-        assert not lease_a.held
-        assert '"run_id": "run-b"' in b.run(["cat", lock], timeout=30).stdout
-        waiter.lease.release()
-    finally:
-        a.close()
-        b.close()
+    lock, a, b = two_runs
+    lease_a = acquire(a, "run-a", lock_path=lock)
+    waiter = Waiter(b, lock, WAIT_MARK)
+    waiter.start()
+    _wait_until(lambda: _flock_waiting(WAIT_MARK), "run B waits in flock", waiter=waiter)
+    private_sshd.restart()  # every session is killed, as a reboot does; sshd comes back
+    waiter.join(WAIT_MARK + 60)
+    assert waiter.error is None, f"the waiting run failed: {waiter.error!r}"
+    assert waiter.lease is not None and waiter.lease.held
+    assert not lease_a.held
+    assert '"run_id": "run-b"' in b.run(["cat", lock], timeout=30).stdout
+    waiter.lease.release()
