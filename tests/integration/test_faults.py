@@ -217,3 +217,29 @@ def test_a_full_artifact_disk_ends_the_run_as_an_infrastructure_error(kernel_bui
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["disk_full"].startswith("artifact disk full at "), meta
     assert (run_dir / "summary.md").stat().st_size > 0
+
+
+def test_a_target_that_dies_mid_test_is_an_infrastructure_error_never_a_failure(
+        kernel_build, kernel_cache, tmp_path, jobs):
+    """The VM goes away while a selftest runs on it (a crash, a reboot, a pulled plug): that test
+    and the ones after it are errors of the infrastructure, the run says so (exit 3), and what ran
+    before stays recorded."""
+    inv = _inventory(tmp_path, kernel_cache, tmp_path / "runs")
+    job = Job([str(CLI), "--config", str(inv), "run", "--", "-k", SELECTION], tmp_path, "run")
+    jobs.append(job)
+    job.wait_for(lambda: job.passed(FIRST), f"{FIRST} passing")
+    run_dir = job.run_dir()
+    job.wait_for(lambda: list(run_dir.glob(f"selftests/*{LONG}*")), f"{LONG} starting its selftest")
+    qemu = _qemu_pid(run_dir)
+    os.kill(qemu, signal.SIGKILL)  # the QEMU this run started (its pidfile), by PID
+
+    rc = job.finish()
+    assert rc == 3, f"exit {rc}:\n{job.output()[-3000:]}\n{job.errors()[-2000:]}"
+    _left_nothing(job, qemu)
+    cases = _kept(run_dir, kernel_build)
+    by_name = {c.name: c.outcome for c in cases}
+    assert by_name[f"{LONG}[qemu://]"] == "error", by_name
+    assert not [c for c in cases if c.outcome == "failed"], cases
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["counts"]["error"] >= 1 and meta["counts"]["passed"] >= 1, meta
+    assert (run_dir / "summary.md").stat().st_size > 0
