@@ -128,16 +128,21 @@ def _send(job: Job, sig: int) -> None:
         job.proc.send_signal(sig)  # a CI runner's cancel: the job's own process
 
 
-@pytest.mark.parametrize("sig", STOPS)
-def test_a_stop_ends_snp_harness_run_with_its_vm_and_a_finished_run_directory(
-        sig, kernel_build, kernel_cache, tmp_path, jobs):
+def _run_until_the_long_test_runs(kernel_cache, tmp_path: Path, jobs) -> tuple[Job, Path, int]:
+    """`snp-harness run` started, FIRST passed and LONG's selftest running: (job, run dir, QEMU's PID)."""
     inv = _inventory(tmp_path, kernel_cache, tmp_path / "runs")
     job = Job([str(CLI), "--config", str(inv), "run", "--", "-k", SELECTION], tmp_path, "run")
     jobs.append(job)
     job.wait_for(lambda: job.passed(FIRST), f"{FIRST} passing")
     run_dir = job.run_dir()
     job.wait_for(lambda: list(run_dir.glob(f"selftests/*{LONG}*")), f"{LONG} starting its selftest")
-    qemu = _qemu_pid(run_dir)
+    return job, run_dir, _qemu_pid(run_dir)
+
+
+@pytest.mark.parametrize("sig", STOPS)
+def test_a_stop_ends_snp_harness_run_with_its_vm_and_a_finished_run_directory(
+        sig, kernel_build, kernel_cache, tmp_path, jobs):
+    job, run_dir, qemu = _run_until_the_long_test_runs(kernel_cache, tmp_path, jobs)
     _send(job, sig)
 
     rc = job.finish()
@@ -224,13 +229,7 @@ def test_a_target_that_dies_mid_test_is_an_infrastructure_error_never_a_failure(
     """The VM goes away while a selftest runs on it (a crash, a reboot, a pulled plug): that test
     and the ones after it are errors of the infrastructure, the run says so (exit 3), and what ran
     before stays recorded."""
-    inv = _inventory(tmp_path, kernel_cache, tmp_path / "runs")
-    job = Job([str(CLI), "--config", str(inv), "run", "--", "-k", SELECTION], tmp_path, "run")
-    jobs.append(job)
-    job.wait_for(lambda: job.passed(FIRST), f"{FIRST} passing")
-    run_dir = job.run_dir()
-    job.wait_for(lambda: list(run_dir.glob(f"selftests/*{LONG}*")), f"{LONG} starting its selftest")
-    qemu = _qemu_pid(run_dir)
+    job, run_dir, qemu = _run_until_the_long_test_runs(kernel_cache, tmp_path, jobs)
     os.kill(qemu, signal.SIGKILL)  # the QEMU this run started (its pidfile), by PID
 
     rc = job.finish()
