@@ -442,7 +442,7 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         return
     splat = _judge_evidence(item, rep) if _EVIDENCE_KEY in item.stash else False
     from harness.errors import InfraError
-    from harness.run import is_disk_full
+    from harness.artifacts import is_disk_full
 
     if rep.failed and not splat and call.excinfo is not None and (
             call.excinfo.errisinstance(InfraError) or is_disk_full(call.excinfo.value)):
@@ -573,6 +573,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     directory, so the report fits on a disk that filled up (the controller's, under xdist)."""
     given = session.config.getoption("--snp-run-dir")
     if given and getattr(session.config, "workerinput", None) is None:
-        from harness.run import release_reserve
+        from harness.artifacts import release_reserve
 
         release_reserve(Path(given))

@@ -12,9 +12,7 @@ error, finished from a reserve set aside in the run directory when it began.
 
 from __future__ import annotations
 
-import errno
 import json
-import logging
 import os
 import shlex
 import signal
@@ -26,83 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from harness.errors import InfraError
+from harness.artifacts import (FULL_BELOW, ArtifactDiskFull, free_at_end, hold_reserve, is_disk_full, release_reserve,
+                               says_disk_full)
 
 if TYPE_CHECKING:  # pragma: no cover - the report modules load with a run (numpy); the plugin needs less
     from harness.report.junit import Case
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger(__name__)
-
-# Set aside when a run starts and freed once its tests end, so that junit.xml, metadata.json
-# and the summary still fit on a disk that filled up meanwhile.
-RESERVE = ".disk-reserve"
-RESERVE_BYTES = 8 << 20
-_FREE_AT_END = ".disk-free-at-end"  # bytes free just before the reserve went, by whoever freed it
-FULL_BELOW = 1 << 20  # less free than this when the tests ended: the disk was full
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-# How an OSError of ours reads in a message (a selftest's own ENOSPC, a failure, is no sign)
-_DISK_FULL_TEXT = tuple(f"[Errno {n}] {os.strerror(n)}" for n in _DISK_FULL)
-
-
-class ArtifactDiskFull(InfraError):
-    """The disk holding the run directory is full."""
-
-    def __init__(self, run_dir: Path, detail: str = "") -> None:
-        self.run_dir = Path(run_dir)
-        super().__init__(
-            f"artifact disk full at {self.run_dir}{f' ({detail})' if detail else ''}: what was written "
-            "is kept there; free space on that disk (or point [artifacts] root at another) and run again")
-
-
-def is_disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in _DISK_FULL
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def hold_reserve(run_dir: Path) -> None:
-    """Set RESERVE_BYTES aside in the run directory (ArtifactDiskFull when even that does not fit)."""
-    path = Path(run_dir) / RESERVE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        path.unlink(missing_ok=True)
-        if is_disk_full(e):
-            raise ArtifactDiskFull(run_dir, f"not even {RESERVE_BYTES >> 20} MiB free when the run began") from e
-        log.warning("%s: no disk reserve for this run: %s", path, e)  # a filesystem that can't: run without
-
-
-def release_reserve(run_dir: Path) -> None:
-    """Free the reserve (if held), noting how full the disk was just before."""
-    path = Path(run_dir) / RESERVE
-    try:
-        if not path.exists():
-            return
-        free = free_bytes(run_dir)
-        path.unlink()
-        (Path(run_dir) / _FREE_AT_END).write_text(str(free))
-    except OSError as e:  # never in the way of what the run still has to write
-        log.warning("%s: %s", path, e)
-
-
-def _free_at_end(run_dir: Path) -> int | None:
-    release_reserve(run_dir)  # the child died before it could
-    marker = run_dir / _FREE_AT_END
-    try:
-        free = int(marker.read_text())
-    except (OSError, ValueError):
-        return None
-    marker.unlink(missing_ok=True)
-    return free
-
 
 @dataclass(frozen=True)
 class RunReport:
@@ -189,13 +117,13 @@ def run_suites(run_dir: Path, argv: list[str], metadata: dict) -> RunReport:
             fwd.child = subprocess.Popen(argv, cwd=REPO_ROOT)
             rc = fwd.child.wait()
         stopped = stop_stray_qemu(run_dir)  # a child killed outright leaves its VMs behind
-        free = _free_at_end(run_dir)
+        free = free_at_end(run_dir)
         if (run_dir / "junit.xml").exists():
             drop_unnamed_cases(run_dir / "junit.xml")  # before counting: a test cut short is no result
         cases = read_cases(run_dir / "junit.xml")
         full = [f"{free} bytes free when the tests ended"] if free is not None and free < FULL_BELOW else []
         full += [f"{c.nodeid}: {_first_line(c.message)}" for c in cases
-                 if c.outcome == "error" and _says_disk_full(c.message)]
+                 if c.outcome == "error" and says_disk_full(c.message)]
         meta.update(pytest_exit=rc, duration_s=round(time.monotonic() - start, 1),
                     counts={o: sum(1 for c in cases if c.outcome == o)
                             for o in ("passed", "failed", "error", "skipped")})
@@ -215,14 +143,10 @@ def run_suites(run_dir: Path, argv: list[str], metadata: dict) -> RunReport:
             if not is_disk_full(e):
                 raise
             full.append(f"finishing the run directory: {e}")
-        full += [p for p in problems if _says_disk_full(p)]
+        full += [p for p in problems if says_disk_full(p)]
         cases = read_cases(run_dir / "junit.xml")  # as enriched: errors named for what they were
     return RunReport(run_dir, rc, tuple(cases), written, problems, fwd.signum,
                      ArtifactDiskFull(run_dir, full[0]) if full else None)
-
-
-def _says_disk_full(text: str) -> bool:
-    return any(t in (text or "") for t in _DISK_FULL_TEXT)
 
 
 def _first_line(text: str) -> str:

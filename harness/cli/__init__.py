@@ -281,7 +281,8 @@ def cmd_run(args) -> int:
     from harness.artifacts import new_run_dir
     from harness.kernel.build import build
     from harness.kernel.plan import build_request
-    from harness.run import ArtifactDiskFull, is_disk_full, pytest_argv, run_suites
+    from harness.artifacts import ArtifactDiskFull, is_disk_full
+    from harness.run import pytest_argv, run_suites
 
     config = _config(args)
     from harness.targets.select import target_ids
