@@ -409,16 +409,17 @@ def cmd_qemu(args) -> int:
 
 def cmd_boot(args) -> int:
     from harness.artifacts import new_run_dir
-    from harness.targets.host import REMOTE_ROOT
     from harness.targets.leasing import held_target
 
     config = _config(args)
     host = config.host(args.host)
     if args.dry_run:
-        remote = f"{REMOTE_ROOT}/<key>"
+        remote = f"{host.stage_dir}/<key>"
         if host.console:  # started here, beside the boot; its secrets shown as ********
             print(f"{host.name}: console (local): {redact.redact_argv(host.console)}")
-        for argv in (["mkdir", "-p", remote], ["sftp-put", "<bzImage>", f"{remote}/bzImage"],
+        stage = ["sh", "-c", "<stage script: each component 0700, ours, no symlink>", "sh",
+                 *[c for c in host.stage_dir.split("/") if c], "<key>"]
+        for argv in (stage, ["sftp-put", "<bzImage>", f"{remote}/bzImage"],
                      ["sha256sum", f"{remote}/bzImage"], ["cat", "/proc/sys/kernel/random/boot_id"],
                      ["kexec", "-l", f"{remote}/bzImage", "--command-line=<current /proc/cmdline>"]
                      if host.boot_method == "kexec" else ["update-grub"],

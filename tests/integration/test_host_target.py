@@ -115,10 +115,14 @@ def test_boot_and_qemu_dry_runs_print_commands(tmp_path, capsys):
     from harness import cli
 
     inventory = tmp_path / "inv.toml"
-    inventory.write_text('[hosts.epyc1]\naddress = "10.0.0.1"\n')
+    inventory.write_text('[hosts.epyc1]\naddress = "10.0.0.1"\n[hosts.epyc2]\naddress = "10.0.0.2"\n'
+                         'stage_dir = "/srv/stage"\n')
     assert cli.main(["--config", str(inventory), "boot", "epyc1", "--dry-run"]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert "epyc1: kexec -l '/var/lib/snp-harness/stage/<key>/bzImage'" in out and "systemctl kexec" in out
+    assert "mkdir" not in out and "sh var lib snp-harness stage '<key>'" in out  # the stage script's components
+    assert cli.main(["--config", str(inventory), "boot", "epyc2", "--dry-run"]) == cli.EXIT_OK
+    assert "epyc2: kexec -l '/srv/stage/<key>/bzImage'" in capsys.readouterr().out  # the host's stage_dir
     assert cli.main(["qemu", "--dry-run"]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert "restrict=on,hostfwd=tcp:127.0.0.1:" in out and "-accel " in out
